@@ -1,0 +1,43 @@
+# One task runner for developers, CI and hooks. Run as root: the tests build network namespaces.
+PYTHON ?= python3
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: setup install test test-rust test-python fuzz lint bench wheels test-cross clean
+
+# Debian packages, Python tools and the package itself; safe to run again.
+setup:
+	bash scripts/setup.sh
+
+install:
+	$(PYTHON) -m pip install --quiet .
+
+test: setup install test-rust test-python
+
+test-rust:
+	cargo test --locked
+
+test-python:
+	$(PYTHON) -m pytest -ra tests
+
+# A short fuzzing run of the decoder (nightly-free: cargo-fuzz runs under RUSTC_BOOTSTRAP).
+fuzz:
+	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),60)
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --features python -- -D warnings
+	$(PYTHON) -m ruff check python tests bench
+	$(PYTHON) -m mypy
+
+bench: setup install
+	$(PYTHON) bench/bench_iterator.py
+
+wheels:
+	bash cross/build-wheels.sh
+
+test-cross: wheels
+	bash cross/test-emulated.sh
+
+clean:
+	cargo clean
+	rm -rf dist cross/out cross/work

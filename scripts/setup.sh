@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the tests and the collector need on a fresh Debian machine; quick when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(conntrack nftables iproute2 rabbitmq-server openssl procps iputils-ping libcap2-bin)
+missing=()
+for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check maturin -r requirements-dev.txt
