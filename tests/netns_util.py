@@ -1,0 +1,72 @@
+"""Throw-away network namespaces with conntrack switched on, for the root-only tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+# Root-only tests carry both: the "root" marker selects them, this skips them without root.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+# In a fresh namespace the kernel tracks nothing until a rule uses conntrack. Datagrams are
+# dropped on input, after conntrack saw them, so each one is a flow and none gets an ICMP reply.
+NFT_RULES = """
+table inet ctc {
+    chain out { type filter hook output priority 0; ct state new counter; }
+    chain in { type filter hook input priority 0; udp dport 20000-60000 drop; }
+}
+"""
+
+
+def run(*argv: str, input_text: str | None = None) -> str:
+    done = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+@contextmanager
+def conntrack_netns(prefix: str) -> Iterator[str]:
+    """A new namespace named ctc-<prefix>-<random>, lo up and tracked; removed afterwards."""
+    name = f"ctc-{prefix}-{uuid.uuid4().hex[:6]}"
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        run("ip", "netns", "exec", name, "nft", "-f", "-", input_text=NFT_RULES)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def send_udp_flows(netns: str, count: int, first_port: int = 20000) -> None:
+    """`count` new UDP flows to 127.0.0.1 inside `netns`, one datagram each."""
+    script = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for port in range({first_port}, {first_port + count}):\n"
+        "    s.sendto(b'x', ('127.0.0.1', port))\n"
+    )
+    run("ip", "netns", "exec", netns, "python3", "-c", script)
+
+
+def flush_flows(netns: str) -> None:
+    """Remove every flow of `netns`: one DESTROY event each."""
+    subprocess.run(["ip", "netns", "exec", netns, "conntrack", "-F"],
+                   capture_output=True, check=False)
+
+
+def sysctl_in(netns: str, name: str) -> str:
+    return run("ip", "netns", "exec", netns, "cat", f"/proc/sys/net/netfilter/{name}").strip()
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
