@@ -1,0 +1,123 @@
+"""The files an operator installs: the systemd unit, the OpenWrt init script, the example config."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+UNIT = PACKAGING / "systemd" / "conntrack-event-collector.service"
+INIT_SCRIPT = PACKAGING / "openwrt" / "conntrack-event-collector.init"
+CAPABILITIES = PACKAGING / "openwrt" / "conntrack-event-collector.capabilities.json"
+INSTALLED_PATH = "/usr/local/bin/conntrack-event-collector"
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    # verify also checks that ExecStart's program exists: point it at the installed command,
+    # or at a stand-in when the package is not installed where the unit expects it.
+    program = Path(INSTALLED_PATH)
+    if not program.exists():
+        program = tmp_path / "conntrack-event-collector"
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace(INSTALLED_PATH, str(program)))
+
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)],
+                          capture_output=True, text=True, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == ""
+
+
+def test_systemd_unit_holds_only_cap_net_admin() -> None:
+    settings = unit_settings()
+    assert settings["AmbientCapabilities"] == ["CAP_NET_ADMIN"]
+    assert settings["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
+    assert settings["NoNewPrivileges"] == ["yes"]
+    assert settings["ProtectSystem"] == ["strict"]
+    assert settings["Restart"] == ["on-failure"]
+    assert "User" in settings or settings.get("DynamicUser") == ["yes"]
+    assert INSTALLED_PATH in settings["ExecStart"][0]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_unit_exposure_is_low() -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=30", str(UNIT)],
+        capture_output=True, text=True, check=False)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert found, done.stdout + done.stderr
+    assert float(found.group(1)) <= 3.0  # systemd rates up to 3.9 "OK"
+
+
+def test_init_script_parses() -> None:
+    done = subprocess.run(["sh", "-n", str(INIT_SCRIPT)], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def run_start_service(tmp_path: Path, *, capabilities: bool) -> list[str]:
+    """Source the init script under a stand-in of procd's shell helpers and record the calls."""
+    config = tmp_path / "conntrack-event-collector.yml"
+    config.write_text("amqp_host: broker\n")
+    caps = tmp_path / "caps.json"
+    if capabilities:
+        caps.write_text(CAPABILITIES.read_text())
+    stand_in = f"""
+calls=""
+record() {{ calls="$calls$*;"; }}
+procd_open_instance() {{ record open "$@"; }}
+procd_close_instance() {{ record close "$@"; }}
+procd_set_param() {{ record set "$@"; }}
+procd_append_param() {{ record append "$@"; }}
+id() {{ true; }}
+. {INIT_SCRIPT}
+CONFIG={config}
+CAPABILITIES={caps}
+start_service
+printf '%s' "$calls"
+"""
+    done = subprocess.run(["sh", "-c", stand_in], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return [call for call in done.stdout.split(";") if call]
+
+
+def test_init_script_runs_the_collector_under_procd(tmp_path: Path) -> None:
+    calls = run_start_service(tmp_path, capabilities=False)
+
+    assert calls[0] == "open"
+    assert calls[-1] == "close"
+    assert "set command /usr/bin/conntrack-event-collector" in calls
+    assert f"append command --config {tmp_path}/conntrack-event-collector.yml" in calls
+    assert "set respawn 3600 5 5" in calls
+    assert not any(call.startswith(("set user", "set capabilities")) for call in calls)
+
+
+def test_init_script_drops_to_cap_net_admin_when_configured(tmp_path: Path) -> None:
+    calls = run_start_service(tmp_path, capabilities=True)
+
+    assert f"set capabilities {tmp_path}/caps.json" in calls
+    assert "set user conntrack" in calls
+    assert "set no_new_privs 1" in calls
+
+
+def test_capabilities_file_grants_cap_net_admin_only() -> None:
+    sets = json.loads(CAPABILITIES.read_text())
+    assert set(sets) == {"bounding", "effective", "ambient", "permitted", "inheritable"}
+    assert all(value == ["CAP_NET_ADMIN"] for value in sets.values())
