@@ -1,0 +1,132 @@
+"""Every Linux conntrack event, as a Python dict or JSON bytes.
+
+    import conntrack_collector
+
+    for event in conntrack_collector.events(("NEW", "DESTROY")):
+        print(event["Type"], event["Original"]["Layer3"]["Src"])
+
+The kernel side lives in the native module (a Rust reader thread); this module is the
+public API and the only one users import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, Union
+
+from . import _native
+from ._native import ConntrackError, decode_datagram
+
+__all__ = ["ConntrackError", "EventStream", "Event", "decode_datagram", "events", "__version__"]
+__version__: str = _native.__version__
+
+logger = logging.getLogger("conntrack_collector")
+
+#: An event as a dict, in the seed's schema (see the README), or its JSON bytes.
+Event = Union[dict[str, Any], bytes]
+
+DEFAULT_TYPES = ("NEW", "DESTROY")
+
+
+class EventStream:
+    """Conntrack events from the kernel, as they happen.
+
+    Subscribes before returning, so traffic made afterwards produces events. Iterate it,
+    or `poll(timeout_s)`; `close()` (or leaving a `with` block) stops the reader thread.
+
+    types: any of "NEW", "UPDATE", "DESTROY".
+    netns: a network namespace name (under /run/netns) or path; only the reader thread
+        enters it.
+    nat_only: only source-NATed flows (the reference's `-n`).
+    buffer_bytes: the socket's receive buffer, where bursts wait while we catch up.
+    reliable: the kernel re-delivers DESTROY events it could not deliver, instead of
+        dropping them (NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS).
+    as_json: give the JSON message as bytes instead of a dict.
+    queue_events: events held between the reader thread and you before it stops reading.
+    """
+
+    def __init__(
+        self,
+        types: Iterable[str] = DEFAULT_TYPES,
+        *,
+        netns: str | os.PathLike[str] | None = None,
+        nat_only: bool = False,
+        buffer_bytes: int = 15_000_000,
+        reliable: bool = False,
+        as_json: bool = False,
+        queue_events: int = 65_536,
+    ) -> None:
+        if isinstance(types, str):
+            types = [t for t in types.split(",") if t.strip()]
+        self._native = _native.EventStream(
+            list(types),
+            netns=netns,
+            nat_only=nat_only,
+            buffer_bytes=buffer_bytes,
+            reliable=reliable,
+            as_json=as_json,
+            queue_events=queue_events,
+        )
+        for warning in self._native.startup_warnings:
+            logger.warning("%s", warning)
+
+    def __iter__(self) -> Iterator[Event]:
+        # The native object iterates itself: no Python frame per event.
+        return self._native
+
+    def __next__(self) -> Event:
+        return next(self._native)
+
+    def poll(self, timeout_s: float) -> Event | None:
+        """One event, or None if none arrives within `timeout_s` seconds."""
+        return self._native.poll(timeout_s)
+
+    def stats(self) -> dict[str, int]:
+        """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
+        buffer_bytes (the receive buffer the kernel granted)."""
+        return self._native.stats()
+
+    @property
+    def startup_warnings(self) -> list[str]:
+        return self._native.startup_warnings
+
+    def close(self) -> None:
+        """Stops and joins the reader thread. Events still queued are discarded."""
+        self._native.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def events(
+    types: Iterable[str] = DEFAULT_TYPES,
+    *,
+    netns: str | os.PathLike[str] | None = None,
+    nat_only: bool = False,
+    buffer_bytes: int = 15_000_000,
+    reliable: bool = False,
+    as_json: bool = False,
+    queue_events: int = 65_536,
+) -> Iterator[Event]:
+    """Yields events until the caller stops; takes EventStream's arguments."""
+    with EventStream(
+        types,
+        netns=netns,
+        nat_only=nat_only,
+        buffer_bytes=buffer_bytes,
+        reliable=reliable,
+        as_json=as_json,
+        queue_events=queue_events,
+    ) as stream:
+        yield from stream

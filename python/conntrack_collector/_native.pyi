@@ -1,0 +1,56 @@
+"""The Rust core. Import `conntrack_collector`, not this module."""
+
+import os
+from collections.abc import Sequence
+from typing import Any, Union
+
+__version__: str
+
+Event = Union[dict[str, Any], bytes]
+
+class ConntrackError(Exception):
+    """Base class of the errors conntrack_collector raises itself (a kernel without
+    ctnetlink, a failed read)."""
+
+class EventStream:
+    """A reader thread that owns a NETLINK_NETFILTER socket joined to ctnetlink's event
+    groups, decodes each message and queues it for this object's consumer.
+
+    Raises PermissionError without CAP_NET_ADMIN, FileNotFoundError for a missing
+    namespace, ValueError for an unknown event type, ConntrackError when the kernel lacks
+    conntrack or ctnetlink.
+    """
+
+    def __init__(
+        self,
+        types: Sequence[str] = ("NEW", "DESTROY"),
+        *,
+        netns: Union[str, os.PathLike[str], None] = None,
+        nat_only: bool = False,
+        buffer_bytes: int = 15_000_000,
+        reliable: bool = False,
+        as_json: bool = False,
+        queue_events: int = 65_536,
+    ) -> None: ...
+    @property
+    def startup_warnings(self) -> list[str]:
+        """One line per kernel setting that makes events incomplete or missing."""
+    def __iter__(self) -> "EventStream": ...
+    def __next__(self) -> Event:
+        """Waits for the next event with the GIL released, in slices of 50 ms; raises
+        KeyboardInterrupt on Ctrl-C without losing a received event."""
+    def poll(self, timeout_s: float) -> Union[Event, None]:
+        """One event, or None if none arrives within `timeout_s` seconds."""
+    def stats(self) -> dict[str, int]:
+        """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
+        buffer_bytes."""
+    def close(self) -> None:
+        """Stops and joins the reader thread; queued events are discarded."""
+    def __enter__(self) -> "EventStream": ...
+    def __exit__(self, *args: object) -> bool: ...
+
+def decode_datagram(
+    datagram: bytes, *, timestamp_ms: int = 0, as_json: bool = False
+) -> list[Event]:
+    """Decodes one recorded netlink datagram as the reader would; raises ConntrackError
+    for a malformed message."""

@@ -1,0 +1,23 @@
+//! conntrack events from the kernel's ctnetlink multicast groups.
+//!
+//! The data flows one way: `socket` (the netlink socket) -> `reader` (its own thread)
+//! -> `decode` (bytes to `Event`) -> `queue` (bounded) -> consumer (`json`, or `python`).
+//! Everything but `python.rs` is plain Rust, tested without Python.
+
+pub mod decode;
+pub mod error;
+pub mod event;
+pub mod json;
+pub mod kernel;
+pub mod queue;
+pub mod reader;
+pub mod socket;
+
+#[cfg(feature = "python")]
+mod python;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::Error;
+pub use event::{Direction, Event, EventType};

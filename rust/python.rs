@@ -1,0 +1,300 @@
+//! The only file that knows Python: `_native.EventStream` and the exception mapping.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyException, PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError,
+};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::decode;
+use crate::error::Error;
+use crate::event::{l4proto_name, Direction, Event, EventType};
+use crate::json;
+use crate::queue::Pop;
+use crate::reader::{netns_path, Options, Stream};
+
+create_exception!(
+    conntrack_collector._native,
+    ConntrackError,
+    PyException,
+    "Base class of the errors conntrack_collector raises itself."
+);
+
+/// The longest the GIL is released in one go, so Ctrl-C is seen within this time.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+/// Overrun warnings are logged at most this often; each one carries the running total.
+const OVERRUN_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl From<Error> for PyErr {
+    fn from(error: Error) -> PyErr {
+        let message = error.to_string();
+        match error {
+            Error::Permission(_) => PyPermissionError::new_err(message),
+            Error::NamespaceNotFound(_) => PyFileNotFoundError::new_err(message),
+            Error::InvalidArgument(_) => PyValueError::new_err(message),
+            Error::KernelUnsupported(_) => ConntrackError::new_err(message),
+            Error::Os { source, .. } => match source.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, message)),
+                None => ConntrackError::new_err(message),
+            },
+        }
+    }
+}
+
+#[pyclass(frozen, module = "conntrack_collector._native", name = "EventStream")]
+struct EventStream {
+    stream: Stream,
+    as_json: bool,
+    /// The overrun total last logged, and when.
+    overruns_logged: Mutex<(u64, Option<Instant>)>,
+}
+
+#[pymethods]
+impl EventStream {
+    #[new]
+    #[pyo3(signature = (
+        types = vec!["NEW".to_string(), "DESTROY".to_string()],
+        *,
+        netns = None,
+        nat_only = false,
+        buffer_bytes = 15_000_000,
+        reliable = false,
+        as_json = false,
+        queue_events = 65_536,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        types: Vec<String>,
+        netns: Option<PathBuf>,
+        nat_only: bool,
+        buffer_bytes: usize,
+        reliable: bool,
+        as_json: bool,
+        queue_events: usize,
+    ) -> PyResult<Self> {
+        let types = types
+            .iter()
+            .map(|name| {
+                EventType::from_name(name).ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "unknown event type {name:?}: expected NEW, UPDATE or DESTROY"
+                    ))
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let options = Options {
+            types,
+            netns: netns.map(|path| netns_path(&path.to_string_lossy())),
+            nat_only,
+            buffer_bytes,
+            reliable,
+            queue_events,
+        };
+        let stream = py.allow_threads(|| Stream::start(options))?;
+        Ok(EventStream {
+            stream,
+            as_json,
+            overruns_logged: Mutex::new((0, None)),
+        })
+    }
+
+    /// One line per kernel setting that makes events incomplete, found at start.
+    #[getter]
+    fn startup_warnings(&self) -> Vec<String> {
+        self.stream.started.warnings.clone()
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+        loop {
+            // Signals are checked before waiting, never between taking an event and
+            // returning it, so Ctrl-C cannot throw an event away.
+            py.check_signals()?;
+            match py.allow_threads(|| self.stream.pop(WAIT_SLICE)) {
+                Pop::Event(event, overruns) => return self.deliver(py, &event, overruns).map(Some),
+                Pop::Timeout => continue,
+                Pop::Ended(Some(error)) => return Err(error.into()),
+                Pop::Ended(None) => return Ok(None),
+            }
+        }
+    }
+
+    /// One event, or None when none arrives within `timeout_s` seconds.
+    fn poll(&self, py: Python<'_>, timeout_s: f64) -> PyResult<Option<PyObject>> {
+        let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0))
+            .map_err(|_| PyValueError::new_err("timeout_s must be a finite number of seconds"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            py.check_signals()?;
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(WAIT_SLICE);
+            match py.allow_threads(|| self.stream.pop(slice)) {
+                Pop::Event(event, overruns) => return self.deliver(py, &event, overruns).map(Some),
+                Pop::Timeout if Instant::now() < deadline => continue,
+                Pop::Timeout | Pop::Ended(None) => return Ok(None),
+                Pop::Ended(Some(error)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Counters since the start, and the queue's depth now.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (stats, queued) = self.stream.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("received", stats.received)?;
+        dict.set_item("delivered", stats.delivered)?;
+        dict.set_item("filtered", stats.filtered)?;
+        dict.set_item("overruns", stats.overruns)?;
+        dict.set_item("decode_errors", stats.decode_errors)?;
+        dict.set_item("queued", queued)?;
+        dict.set_item("peak_queued", stats.peak_queued)?;
+        dict.set_item("buffer_bytes", self.stream.started.buffer_bytes_granted)?;
+        Ok(dict)
+    }
+
+    /// Stops the reader thread and waits for it; events still queued are discarded.
+    fn close(&self, py: Python<'_>) {
+        py.allow_threads(|| self.stream.close());
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+}
+
+impl EventStream {
+    fn deliver(&self, py: Python<'_>, event: &Event, overruns: u64) -> PyResult<PyObject> {
+        if overruns > 0 {
+            self.log_overruns(py, overruns)?;
+        }
+        to_python(py, event, self.as_json)
+    }
+
+    fn log_overruns(&self, py: Python<'_>, overruns: u64) -> PyResult<()> {
+        let mut logged = self
+            .overruns_logged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = logged
+            .1
+            .is_none_or(|at| at.elapsed() >= OVERRUN_LOG_INTERVAL);
+        if overruns > logged.0 && due {
+            *logged = (overruns, Some(Instant::now()));
+            drop(logged);
+            py.import("logging")?
+                .call_method1("getLogger", ("conntrack_collector",))?
+                .call_method1(
+                    "warning",
+                    (format!(
+                        "the kernel dropped conntrack events: socket overrun (ENOBUFS) {overruns} \
+                         times so far; use reliable=True / --reliable, a larger buffer, or read faster"
+                    ),),
+                )?;
+        }
+        Ok(())
+    }
+}
+
+fn to_python(py: Python<'_>, event: &Event, as_json: bool) -> PyResult<PyObject> {
+    if as_json {
+        Ok(PyBytes::new(py, &json::to_json(event)).into_any().unbind())
+    } else {
+        Ok(event_dict(py, event)?.into_any().unbind())
+    }
+}
+
+/// The same content as `json::write_event`, as a dict with the keys in the same order.
+fn event_dict<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item(intern!(py, "Timestamp"), event.timestamp_ms)?;
+    dict.set_item(intern!(py, "Type"), event.event_type.name())?;
+    dict.set_item(intern!(py, "Id"), event.id)?;
+    dict.set_item(
+        intern!(py, "Original"),
+        direction_dict(py, event, &event.original)?,
+    )?;
+    dict.set_item(
+        intern!(py, "Reply"),
+        direction_dict(py, event, &event.reply)?,
+    )?;
+    dict.set_item(intern!(py, "UNREPLIED"), event.unreplied())?;
+    dict.set_item(intern!(py, "ASSURED"), event.assured())?;
+    Ok(dict)
+}
+
+fn direction_dict<'py>(
+    py: Python<'py>,
+    event: &Event,
+    direction: &Direction,
+) -> PyResult<Bound<'py, PyDict>> {
+    let address = |a: Option<std::net::IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let layer3 = PyDict::new(py);
+    layer3.set_item(intern!(py, "Protonum"), event.l3proto)?;
+    layer3.set_item(intern!(py, "Protoname"), event.l3proto_name())?;
+    layer3.set_item(intern!(py, "Src"), address(direction.src))?;
+    layer3.set_item(intern!(py, "Dst"), address(direction.dst))?;
+    let layer4 = PyDict::new(py);
+    layer4.set_item(intern!(py, "Protonum"), direction.l4proto)?;
+    layer4.set_item(intern!(py, "Protoname"), l4proto_name(direction.l4proto))?;
+    layer4.set_item(intern!(py, "Sport"), direction.sport)?;
+    layer4.set_item(intern!(py, "Dport"), direction.dport)?;
+    let counter = PyDict::new(py);
+    counter.set_item(intern!(py, "Packets"), direction.packets)?;
+    counter.set_item(intern!(py, "Bytes"), direction.bytes)?;
+    let dict = PyDict::new(py);
+    dict.set_item(intern!(py, "Layer3"), layer3)?;
+    dict.set_item(intern!(py, "Layer4"), layer4)?;
+    dict.set_item(intern!(py, "Counter"), counter)?;
+    Ok(dict)
+}
+
+/// Decodes recorded netlink bytes (one datagram) the way the reader does; for tests and
+/// tools that replay captures. Malformed messages raise ConntrackError.
+#[pyfunction]
+#[pyo3(signature = (datagram, *, timestamp_ms = 0, as_json = false))]
+fn decode_datagram(
+    py: Python<'_>,
+    datagram: &[u8],
+    timestamp_ms: u64,
+    as_json: bool,
+) -> PyResult<Vec<PyObject>> {
+    let mut events = Vec::new();
+    for message in decode::split_messages(datagram) {
+        match message.and_then(|m| decode::decode(m, timestamp_ms)) {
+            Ok(event) => events.push(to_python(py, &event, as_json)?),
+            Err(decode::Skip::NotAnEvent) => {}
+            Err(decode::Skip::Malformed(reason)) => {
+                return Err(ConntrackError::new_err(format!(
+                    "malformed message: {reason}"
+                )))
+            }
+        }
+    }
+    Ok(events)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("ConntrackError", m.py().get_type::<ConntrackError>())?;
+    m.add_class::<EventStream>()?;
+    m.add_function(wrap_pyfunction!(decode_datagram, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The reader thread: owns the socket, decodes, filters and feeds the queue.
+//!
+//! It never waits on the consumer beyond the queue's bound, and the consumer never
+//! touches the socket.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::decode::{self, Skip};
+use crate::error::{Error, Result};
+use crate::event::EventType;
+use crate::kernel;
+use crate::queue::{Pop, Queue, Stats};
+use crate::socket::{EventSocket, Received};
+
+/// How long one `recv` may block, so a stop request is seen within this time.
+const RECV_SLICE: Duration = Duration::from_millis(50);
+/// Big enough for any single netlink datagram ctnetlink sends.
+const DATAGRAM_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub types: Vec<EventType>,
+    /// A network namespace to read from: a path such as /run/netns/NAME.
+    pub netns: Option<PathBuf>,
+    /// Keep only source-NATed flows.
+    pub nat_only: bool,
+    pub buffer_bytes: usize,
+    pub reliable: bool,
+    /// Events the queue holds before the reader stops reading.
+    pub queue_events: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            types: vec![EventType::New, EventType::Destroy],
+            netns: None,
+            nat_only: false,
+            buffer_bytes: 15_000_000,
+            reliable: false,
+            queue_events: 65_536,
+        }
+    }
+}
+
+/// What the reader found while starting.
+#[derive(Clone, Debug, Default)]
+pub struct Started {
+    /// One line each: kernel settings that make events incomplete, a smaller buffer.
+    pub warnings: Vec<String>,
+    pub buffer_bytes_granted: usize,
+}
+
+pub struct Stream {
+    queue: Arc<Queue>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pub started: Started,
+}
+
+/// `NAME` means /run/netns/NAME; anything with a slash is a path.
+pub fn netns_path(netns: &str) -> PathBuf {
+    if netns.contains('/') {
+        PathBuf::from(netns)
+    } else {
+        PathBuf::from("/run/netns").join(netns)
+    }
+}
+
+impl Stream {
+    /// Starts the reader thread; returns once it has subscribed, so traffic made after
+    /// this returns produces events.
+    pub fn start(options: Options) -> Result<Stream> {
+        if options.types.is_empty() {
+            return Err(Error::InvalidArgument("no event types to listen to".into()));
+        }
+        let netns = match &options.netns {
+            Some(path) => Some(File::open(path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::NamespaceNotFound(format!(
+                        "network namespace not found: {}",
+                        path.display()
+                    ))
+                } else {
+                    Error::os(
+                        format!("cannot open network namespace {}", path.display()),
+                        e,
+                    )
+                }
+            })?),
+            None => None,
+        };
+        let queue = Arc::new(Queue::new(options.queue_events));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = {
+            let queue = Arc::clone(&queue);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("conntrack-reader".into())
+                .spawn(move || match subscribe(&options, netns) {
+                    Ok((socket, started)) => {
+                        let _ = ready_tx.send(Ok(started));
+                        let failure = read_loop(&socket, &options, &queue, &stop).err();
+                        queue.finish(failure);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        queue.finish(None);
+                    }
+                })
+                .map_err(|e| Error::os("cannot start the reader thread", e))?
+        };
+        let started = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(Error::InvalidArgument("the reader thread died".into())));
+        let mut stream = Stream {
+            queue,
+            stop,
+            thread: Mutex::new(Some(thread)),
+            started: Started::default(),
+        };
+        // On failure, dropping `stream` joins the thread, which has already ended.
+        stream.started = started?;
+        Ok(stream)
+    }
+
+    pub fn pop(&self, timeout: Duration) -> Pop {
+        self.queue.pop(timeout)
+    }
+
+    pub fn stats(&self) -> (Stats, usize) {
+        self.queue.stats()
+    }
+
+    /// Stops the reader thread and waits for it (at most about one receive slice).
+    pub fn close(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Runs on the reader thread: enter the namespace, check the kernel, open the socket.
+fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Started)> {
+    if let Some(netns) = netns {
+        // setns moves only this thread; the caller's thread stays where it is.
+        // SAFETY: setns(2) on a descriptor we own, alive for the call.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EPERM) => Error::Permission(
+                    "entering another network namespace needs CAP_SYS_ADMIN: run as root".into(),
+                ),
+                Some(libc::EINVAL) => {
+                    Error::InvalidArgument("the netns path is not a network namespace".into())
+                }
+                _ => Error::os("cannot enter the network namespace", err),
+            });
+        }
+    }
+    kernel::check_conntrack_present()?;
+    EventSocket::probe_ctnetlink()?;
+    let groups: Vec<u32> = options.types.iter().map(|t| t.multicast_group()).collect();
+    let socket = EventSocket::open(&groups)?;
+    let mut started = Started::default();
+    let granted = socket
+        .set_receive_buffer(options.buffer_bytes)
+        .map_err(|e| Error::os("cannot set the receive buffer size", e))?;
+    started.buffer_bytes_granted = granted;
+    if granted < options.buffer_bytes {
+        let rmem_max = kernel::rmem_max_bytes()
+            .map(|v| format!("net.core.rmem_max={v}"))
+            .unwrap_or_else(|| "net.core.rmem_max unknown".into());
+        started.warnings.push(format!(
+            "receive buffer: asked for {} bytes, got {granted} ({rmem_max}; SO_RCVBUFFORCE needs \
+             CAP_NET_ADMIN): bursts may overflow it",
+            options.buffer_bytes
+        ));
+    }
+    if options.reliable {
+        socket
+            .set_reliable()
+            .map_err(|e| Error::os("cannot enable reliable event delivery", e))?;
+    }
+    socket
+        .set_receive_timeout(RECV_SLICE)
+        .map_err(|e| Error::os("cannot set a receive timeout", e))?;
+    started.warnings.extend(kernel::settings_warnings());
+    Ok((socket, started))
+}
+
+fn read_loop(
+    socket: &EventSocket,
+    options: &Options,
+    queue: &Queue,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let mut datagram = vec![0u8; DATAGRAM_BYTES];
+    while !stop.load(Ordering::Relaxed) {
+        let length = match socket.recv(&mut datagram) {
+            Ok(Received::Datagram(length)) => length,
+            Ok(Received::Timeout) => continue,
+            Ok(Received::Overrun) => {
+                queue.count(|s| s.overruns += 1);
+                continue;
+            }
+            Err(e) => return Err(Error::os("reading conntrack events failed", e)),
+        };
+        let timestamp_ms = now_ms();
+        let received = datagram.get(..length).unwrap_or(&[]);
+        for message in decode::split_messages(received) {
+            let event = match message.and_then(|m| decode::decode(m, timestamp_ms)) {
+                Ok(event) => event,
+                Err(Skip::NotAnEvent) => continue,
+                Err(Skip::Malformed(_)) => {
+                    queue.count(|s| s.decode_errors += 1);
+                    continue;
+                }
+            };
+            let wanted = options.types.contains(&event.event_type)
+                && (!options.nat_only || event.is_src_nat());
+            if !wanted {
+                queue.count(|s| s.filtered += 1);
+            } else if !queue.push(event, stop) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

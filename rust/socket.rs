@@ -1,0 +1,264 @@
+//! The NETLINK_NETFILTER socket joined to ctnetlink's event groups. Plain system calls.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+const NETLINK_NETFILTER: libc::c_int = 12;
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+const NETLINK_BROADCAST_ERROR: libc::c_int = 4;
+const NETLINK_NO_ENOBUFS: libc::c_int = 5;
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLMSG_ERROR: u16 = 2;
+
+/// What one `recv` gave.
+pub enum Received {
+    /// This many bytes of one datagram (one or more netlink messages).
+    Datagram(usize),
+    /// Nothing arrived within the receive timeout.
+    Timeout,
+    /// The kernel dropped events because the socket buffer was full (ENOBUFS).
+    Overrun,
+}
+
+pub struct EventSocket {
+    fd: OwnedFd,
+}
+
+impl EventSocket {
+    /// Opens the socket and joins the given ctnetlink multicast groups.
+    pub fn open(groups: &[u32]) -> Result<Self> {
+        let socket = Self::open_unsubscribed()?;
+        for &group in groups {
+            socket
+                .set_int(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group as libc::c_int)
+                .map_err(|err| match err.raw_os_error() {
+                    Some(libc::EPERM) | Some(libc::EACCES) => permission_error(),
+                    _ => Error::os(format!("cannot join netlink group {group}"), err),
+                })?;
+        }
+        Ok(socket)
+    }
+
+    /// Asks ctnetlink for its statistics, to tell a kernel without ctnetlink (or a caller
+    /// without CAP_NET_ADMIN) apart before waiting for events that would never come.
+    pub fn probe_ctnetlink() -> Result<()> {
+        let socket = Self::open_unsubscribed()?;
+        socket
+            .set_receive_timeout(Duration::from_secs(1))
+            .map_err(|e| Error::os("cannot set a receive timeout", e))?;
+        let mut request = [0u8; 20];
+        request[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        request[4..6]
+            .copy_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET_STATS).to_ne_bytes());
+        request[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 0.
+        // SAFETY: the pointer and length describe `request`, alive for the call.
+        let sent = unsafe {
+            libc::send(
+                socket.fd.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(Error::os(
+                "cannot ask ctnetlink for its statistics",
+                io::Error::last_os_error(),
+            ));
+        }
+        let mut reply = [0u8; 4096];
+        for _ in 0..4 {
+            let Ok(Received::Datagram(n)) = socket.recv(&mut reply) else {
+                return Ok(());
+            };
+            let reply = reply.get(..n).unwrap_or(&[]);
+            let message_type = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+            if message_type != Some(NLMSG_ERROR) {
+                continue;
+            }
+            let errno = reply
+                .get(16..20)
+                .map(|b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0);
+            return match errno {
+                0 => Ok(()),
+                libc::EPERM | libc::EACCES => Err(permission_error()),
+                libc::EOPNOTSUPP | libc::ENOENT => Err(Error::KernelUnsupported(
+                    "this kernel has no ctnetlink: load it with `modprobe nf_conntrack_netlink` \
+                     (needs CONFIG_NF_CT_NETLINK)"
+                        .into(),
+                )),
+                other => Err(Error::os(
+                    "ctnetlink refused a statistics request",
+                    io::Error::from_raw_os_error(other),
+                )),
+            };
+        }
+        Ok(())
+    }
+
+    fn open_unsubscribed() -> Result<Self> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        if raw < 0 {
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) => Error::KernelUnsupported(
+                    "this kernel has no nfnetlink (CONFIG_NETFILTER_NETLINK): \
+                     conntrack events cannot be read"
+                        .into(),
+                ),
+                _ => Error::os("cannot open the netlink socket", err),
+            });
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let socket = EventSocket {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        };
+        socket.bind()?;
+        Ok(socket)
+    }
+
+    fn bind(&self) -> Result<()> {
+        // SAFETY: sockaddr_nl is plain data; zero is a valid value for every field.
+        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: the pointer and length describe `address`, alive for the call.
+        let rc = unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                (&address as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::os(
+                "cannot bind the netlink socket",
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Asks for a receive buffer of `bytes`; returns what the kernel granted.
+    ///
+    /// SO_RCVBUFFORCE ignores net.core.rmem_max but needs CAP_NET_ADMIN; without it
+    /// SO_RCVBUF gets at most rmem_max.
+    pub fn set_receive_buffer(&self, bytes: usize) -> io::Result<usize> {
+        let requested = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+        if self
+            .set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, requested)
+            .is_err()
+        {
+            self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, requested)?;
+        }
+        // The kernel doubles the value for its bookkeeping and reports the doubled size.
+        let granted = self.get_int(libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+        Ok(usize::try_from(granted).unwrap_or(0) / 2)
+    }
+
+    /// The kernel's reliable delivery (conntrackd's NetlinkEventsReliable): a failed
+    /// delivery makes ctnetlink keep the DESTROY event and send it again, instead of
+    /// dropping it and flagging ENOBUFS.
+    pub fn set_reliable(&self) -> io::Result<()> {
+        self.set_int(SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)?;
+        self.set_int(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+    }
+
+    /// Bounds every `recv`, so the reader thread sees a stop request in time.
+    pub fn set_receive_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        self.set_raw(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+    }
+
+    pub fn recv(&self, buffer: &mut [u8]) -> io::Result<Received> {
+        loop {
+            // SAFETY: the pointer and length describe `buffer`, alive for the call.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    0,
+                )
+            };
+            if n >= 0 {
+                return Ok(Received::Datagram(n as usize));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(Received::Timeout),
+                Some(libc::ENOBUFS) => return Ok(Received::Overrun),
+                _ => return Err(err),
+            }
+        }
+    }
+
+    fn set_int(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+        self.set_raw(level, name, &value)
+    }
+
+    fn set_raw<T>(&self, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+        // SAFETY: the pointer and length describe `value`, alive for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (value as *const T).cast(),
+                size_of::<T>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn get_int(&self, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the pointers describe `value` and `len`, alive for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(value)
+    }
+}
+
+fn permission_error() -> Error {
+    Error::Permission(
+        "reading conntrack events needs CAP_NET_ADMIN: run as root, or grant the capability \
+         (setcap cap_net_admin+ep, or systemd AmbientCapabilities=CAP_NET_ADMIN)"
+            .into(),
+    )
+}
