@@ -1,0 +1,7 @@
+"""`python -m conntrack_collector`: the same as the `conntrack-event-collector` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""The bounded buffer between the reader loop and the publisher thread.
+
+The reader never waits on the broker: `put` never blocks. When the buffer is full (in events
+or in bytes) the NEWEST event is refused, counted and logged. We drop the newest rather than
+the oldest so that what is queued stays one gap-free stretch of the event stream, and so that
+events already handed to the publisher (perhaps published, waiting for a confirm) never vanish.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable, Optional
+
+from .stats import CollectorStats
+
+log = logging.getLogger("conntrack_collector")
+
+DROP_LOG_INTERVAL_S = 10.0
+
+
+class EventBuffer:
+    def __init__(self, max_events: int, max_bytes: int, stats: CollectorStats) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._stats = stats
+        self._events: deque[bytes] = deque()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        # Called (outside the lock) on the first put after the consumer found us empty.
+        self._waker: Optional[Callable[[], None]] = None
+        self._drops_unlogged = 0
+        self._last_drop_log = 0.0
+
+    def put(self, event: bytes) -> bool:
+        """Queue one event; False when it was dropped because the buffer is full."""
+        size = len(event)
+        with self._lock:
+            if len(self._events) >= self.max_events or self._bytes + size > self.max_bytes:
+                self._dropped()
+                return False
+            self._events.append(event)
+            self._bytes += size
+            self._stats.buffer_events = len(self._events)
+            self._stats.buffer_bytes = self._bytes
+            waker, self._waker = self._waker, None
+        if waker is not None:
+            waker()
+        return True
+
+    def take(self, max_events: int, waker: Optional[Callable[[], None]] = None) -> list[bytes]:
+        """Up to max_events of the oldest events. When there are none and a waker is given,
+        it is called once by the next put, so the consumer need not poll."""
+        with self._lock:
+            n = min(max_events, len(self._events))
+            taken = [self._events.popleft() for _ in range(n)]
+            self._bytes -= sum(map(len, taken))
+            self._stats.buffer_events = len(self._events)
+            self._stats.buffer_bytes = self._bytes
+            if not taken:
+                self._waker = waker
+            return taken
+
+    def clear(self) -> int:
+        """Empty the buffer (at shutdown); returns how many events it held."""
+        with self._lock:
+            n = len(self._events)
+            self._events.clear()
+            self._bytes = 0
+            self._stats.buffer_events = 0
+            self._stats.buffer_bytes = 0
+            self._waker = None
+            return n
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def _dropped(self) -> None:
+        self._stats.drop("buffer_full", 1)
+        self._drops_unlogged += 1
+        now = time.monotonic()
+        # The first drop is logged at once, later ones summed up every DROP_LOG_INTERVAL_S.
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+            log.warning(
+                "buffer full (%d events, %d bytes; bounds %d events, %d bytes): "
+                "dropped %d event(s) since the last report",
+                len(self._events), self._bytes, self.max_events, self.max_bytes,
+                self._drops_unlogged,
+            )
+            self._drops_unlogged = 0
+            self._last_drop_log = now
+
+    def flush_drop_log(self) -> None:
+        """Report drops not yet logged (at shutdown)."""
+        if self._drops_unlogged:
+            log.warning("buffer full: dropped %d event(s) since the last report",
+                        self._drops_unlogged)
+            self._drops_unlogged = 0

@@ -1,0 +1,245 @@
+"""The `conntrack-event-collector` command: the reference's flags first, then ours."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import rich_click as click
+import yaml
+
+from . import config
+from .broker import BrokerConfigError, BrokerSettings, parse_hosts
+from .collector import Error, RunSettings, run
+from .exit_codes import ExitCode
+from .router_id import default_router_id
+from .stats import CollectorStats
+
+PROG = "conntrack-event-collector"
+EVENT_TYPES = ("NEW", "UPDATE", "DESTROY")
+# Options that are not settings: they cannot come from the file or the environment.
+NOT_SETTINGS = frozenset({"help", "config", "print_config"})
+
+log = logging.getLogger("conntrack_collector")
+
+
+class EventTypes(click.ParamType):
+    """`NEW,DESTROY` (or a YAML list) -> ("NEW", "DESTROY")."""
+
+    name = "types"
+
+    def convert(self, value: Any, param: Optional[click.Parameter],
+                ctx: Optional[click.Context]) -> tuple[str, ...]:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        types = tuple(str(item).strip().upper() for item in items if str(item).strip())
+        bad = [t for t in types if t not in EVENT_TYPES]
+        if bad or not types:
+            self.fail(f"{value!r}: expected a comma-separated list of {', '.join(EVENT_TYPES)}",
+                      param, ctx)
+        return tuple(dict.fromkeys(types))  # de-duplicated, in the given order
+
+
+def _load_settings(ctx: click.Context, _param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """Eager: runs before the other options, so the file and the environment become their
+    defaults (click's default_map) and the command line still wins over both."""
+    env: Mapping[str, str] = ctx.obj["env"]
+    keys = [p.name for p in ctx.command.params if p.name and p.name not in NOT_SETTINGS]
+    path_text = value or env.get(config.env_name("config"))
+    path = Path(path_text) if path_text else config.find_config_file(env)
+    try:
+        from_file = config.load_config_file(path, keys) if path else {}
+    except config.ConfigError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    from_env = config.env_settings(env, keys)
+    params = {p.name: p for p in ctx.command.params}
+    checked: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, values in ((f"config file {path}", from_file), ("environment", from_env)):
+        for key, raw in values.items():
+            label = config.env_name(key) if source == "environment" else f"{source}: {key}"
+            try:
+                checked[key] = params[key].type_cast_value(ctx, raw)
+            except click.BadParameter as exc:
+                raise click.UsageError(f"{label}: {exc.format_message()}", ctx) from None
+            sources[key] = "environment" if source == "environment" else str(path)
+    ctx.default_map = checked
+    ctx.meta["sources"] = sources
+    return value
+
+
+# The reference's flags, its help texts and defaults; `string`/`int` as its help showed them.
+@click.group(
+    name=PROG,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
+                      "max_content_width": 100},
+    help="Watch the Linux connection-tracking table and publish every event as JSON "
+         "to a RabbitMQ exchange.",
+)
+@click.option_panel("Flags", options=[
+    "--amqp-ca", "--amqp-crt", "--amqp-exchange", "--amqp-host", "--amqp-key",
+    "--amqp-password", "--amqp-port", "--amqp-user", "--help", "--verbose", "--nat-only"])
+@click.option("--amqp-ca", metavar="string", help="CA certificate")
+@click.option("--amqp-crt", metavar="string", help="RabbitMQ client cert")
+@click.option("--amqp-exchange", metavar="string", default="conntrack", help="RabbitMQ Exchange")
+@click.option("--amqp-host", metavar="string", default="localhost",
+              help="RabbitMQ Host (a comma-separated list of cluster nodes, `host[:port]`, "
+                   "is tried in order)")
+@click.option("--amqp-key", metavar="string", help="RabbitMQ client key")
+@click.option("--amqp-password", metavar="string", default="guest",
+              help="RabbitMQ password (visible in `ps` when given here: prefer "
+                   "OWP_AMQP_PASSWORD or the config file)")
+@click.option("--amqp-port", metavar="int", type=click.IntRange(1, 65535), default=5672,
+              help="RabbitMQ Port")
+@click.option("--amqp-user", metavar="string", default="guest", help="RabbitMQ user")
+@click.option("-v", "--verbose", is_flag=True, default=False, help="Enable verbose")
+@click.option("-n", "--nat-only", is_flag=True, default=False, help="Only NATed flows")
+# Ours.
+@click.option("--netns", metavar="NAME",
+              help="Watch this network namespace (a name under /run/netns, or a path); "
+                   "the broker connection stays in ours")
+@click.option("--events", type=EventTypes(), default="NEW,DESTROY", metavar="TYPES",
+              help="Event types, comma-separated: NEW, UPDATE, DESTROY")
+@click.option("--buffer-size", type=click.IntRange(4096), default=15_000_000, metavar="BYTES",
+              help="Netlink socket receive buffer, absorbs bursts before they are read")
+@click.option("--reliable", is_flag=True, default=False,
+              help="Ask the kernel for reliable event delivery (NETLINK_BROADCAST_ERROR + "
+                   "NETLINK_NO_ENOBUFS): it retries DESTROY events instead of dropping them")
+@click.option("--output", type=click.Choice(["amqp", "stdout"], case_sensitive=False),
+              default="amqp", help="Where events go: RabbitMQ, or one JSON object per line")
+@click.option("--amqp-vhost", metavar="string", default="/", help="RabbitMQ virtual host")
+@click.option("--router-id", metavar="string",
+              help="The `router_id` header  [default: SHA-256 of the first up interface's MAC, "
+                   "12 hex digits]")
+@click.option("--max-buffer-events", type=click.IntRange(1), default=500_000, metavar="N",
+              help="Events held while the broker is slow or away; beyond, new events are "
+                   "dropped (counted, logged)")
+@click.option("--max-buffer-bytes", type=click.IntRange(1), default=200_000_000, metavar="BYTES",
+              help="The same bound in bytes of JSON")
+@click.option("--max-in-flight", type=click.IntRange(1, 65535), default=1000, metavar="N",
+              help="Messages published and not yet confirmed")
+@click.option("--batch-events", type=click.IntRange(1, 100_000), default=1, metavar="N",
+              help="Up to N events per message, body a JSON array (AMQP type "
+                   "`conntrack.events.batch`); 1 = one event per message, as the reference")
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=10.0, metavar="SECONDS",
+              help="On SIGTERM/SIGINT, how long to wait for outstanding confirms")
+@click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, metavar="SECONDS",
+              help="Per host, for TCP, TLS and AMQP handshakes")
+@click.option("--config", metavar="PATH", is_eager=True, expose_value=True,
+              callback=_load_settings,
+              help="YAML config file  [default: the first conntrack-event-collector.yml in "
+                   "/etc/owp, /etc/config/owp, $HOME/.owp, .]")
+@click.option("--print-config", is_flag=True, default=False,
+              help="Print the effective configuration (secrets hidden) and exit")
+@click.pass_context
+def cli(ctx: click.Context, **options: Any) -> int:
+    if ctx.invoked_subcommand is not None:
+        return ExitCode.OK
+    effective = {k: v for k, v in options.items() if k not in NOT_SETTINGS}
+    if not effective["router_id"]:
+        effective["router_id"] = default_router_id()
+    shown = _describe(ctx, effective)
+    if options["print_config"]:
+        click.echo(shown, nl=False)
+        return ExitCode.OK
+    _setup_logging(effective["verbose"])
+    if effective["verbose"]:
+        log.info("effective configuration:\n%s", shown.rstrip())
+    try:
+        hosts = parse_hosts(effective["amqp_host"], effective["amqp_port"])
+    except BrokerConfigError as exc:
+        raise click.UsageError(f"--amqp-host: {exc}", ctx) from None
+    settings = RunSettings(
+        types=effective["events"],
+        netns=effective["netns"],
+        nat_only=effective["nat_only"],
+        socket_buffer_bytes=effective["buffer_size"],
+        reliable=effective["reliable"],
+        output=effective["output"].lower(),
+        broker=BrokerSettings(
+            hosts=hosts,
+            vhost=effective["amqp_vhost"],
+            user=effective["amqp_user"],
+            password=effective["amqp_password"],
+            exchange=effective["amqp_exchange"],
+            router_id=effective["router_id"],
+            ca=effective["amqp_ca"],
+            crt=effective["amqp_crt"],
+            key=effective["amqp_key"],
+            connect_timeout_s=effective["connect_timeout"],
+        ),
+        max_buffer_events=effective["max_buffer_events"],
+        max_buffer_bytes=effective["max_buffer_bytes"],
+        max_in_flight=effective["max_in_flight"],
+        batch_events=effective["batch_events"],
+        shutdown_timeout_s=effective["shutdown_timeout"],
+    )
+    return run(settings, CollectorStats())
+
+
+def _describe(ctx: click.Context, effective: Mapping[str, Any]) -> str:
+    """YAML of the effective settings, secrets hidden, each with where it came from."""
+    sources: Mapping[str, str] = ctx.meta.get("sources", {})
+    lines = []
+    for key, value in config.redacted(effective).items():
+        if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE:
+            source = "command line"
+        else:
+            source = sources.get(key, "default")
+        shown = list(value) if isinstance(value, tuple) else value
+        text = yaml.safe_dump({key: shown}, default_flow_style=True, width=1000).strip()
+        lines.append(f"{text.strip('{}')}  # {source}")
+    return "\n".join(lines) + "\n"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+
+
+@cli.command(name="version", help="Print the version.")
+def version() -> None:
+    from . import __version__
+
+    click.echo(f"Version {__version__}")
+
+
+@cli.command(name="help", help="Help about any command")
+@click.pass_context
+def help_(ctx: click.Context) -> None:
+    assert ctx.parent is not None
+    click.echo(ctx.parent.get_help())
+
+
+def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None) -> int:
+    """Run the command; returns the exit code. Tests pass argv and env; the console script
+    passes nothing (sys.argv, os.environ)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    environment = dict(os.environ if env is None else env)
+    try:
+        result = cli.main(args=args, prog_name=PROG, obj={"env": environment},
+                          standalone_mode=False)
+    except click.UsageError as exc:
+        return _error(exc.format_message() + " (see --help)", ExitCode.USAGE)
+    except click.ClickException as exc:
+        return _error(exc.format_message(), ExitCode(exc.exit_code) if exc.exit_code in
+                      ExitCode._value2member_map_ else ExitCode.ERROR)
+    except Error as exc:
+        return _error(str(exc), exc.code)
+    except (KeyboardInterrupt, click.Abort):
+        return ExitCode.INTERRUPTED
+    return int(result) if isinstance(result, int) else ExitCode.OK
+
+
+def _error(message: str, code: ExitCode) -> int:
+    one_line = " ".join(message.split())
+    print(f"{PROG}: error: {one_line}", file=sys.stderr)
+    return code

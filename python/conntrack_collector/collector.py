@@ -1,0 +1,243 @@
+"""The collector's main loop: read events, hand them to the output, stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Callable, Optional, Protocol
+
+from .broker import BrokerConfigError, BrokerSettings
+from .buffer import EventBuffer
+from .exit_codes import ExitCode
+from .publisher import Publisher
+from .stats import CollectorStats
+
+log = logging.getLogger("conntrack_collector")
+
+POLL_TIMEOUT_S = 0.25  # how soon the loop notices a signal or a failed publisher
+TYPE_BY_INITIAL = {ord("N"): "NEW", ord("U"): "UPDATE", ord("D"): "DESTROY"}
+
+
+class Stream(Protocol):
+    """What we need of conntrack_collector.EventStream (as_json=True)."""
+
+    def poll(self, timeout_s: float) -> Optional[bytes]: ...
+    def close(self) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    types: tuple[str, ...]
+    netns: Optional[str]
+    nat_only: bool
+    socket_buffer_bytes: int
+    reliable: bool
+    output: str  # "amqp" or "stdout"
+    broker: BrokerSettings
+    max_buffer_events: int
+    max_buffer_bytes: int
+    max_in_flight: int
+    batch_events: int
+    shutdown_timeout_s: float
+
+
+class Error(Exception):
+    """Ends the run with a one-line message and an exit code."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def open_stream(settings: RunSettings) -> Stream:
+    import conntrack_collector as native  # the Rust reader; imported late so the CLI works without
+
+    try:
+        stream: Stream = native.EventStream(
+            types=settings.types,
+            netns=settings.netns,
+            nat_only=settings.nat_only,
+            buffer_bytes=settings.socket_buffer_bytes,
+            reliable=settings.reliable,
+            as_json=True,
+        )
+    except PermissionError as exc:
+        raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.NO_PERMISSION) from None
+    except FileNotFoundError as exc:
+        raise Error(f"network namespace {settings.netns!r} not found: {exc}", ExitCode.USAGE) from None
+    except (native.ConntrackError, OSError, ValueError) as exc:
+        raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.ERROR) from None
+    return stream
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set it; a second signal exits at once."""
+
+    def __init__(self, on_second: Callable[[int], None]) -> None:
+        self.event = threading.Event()
+        self._on_second = on_second
+
+    def handler(self, signum: int, _frame: Optional[FrameType]) -> None:
+        if self.event.is_set():
+            self._on_second(signum)
+        self.event.set()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.handler)
+        signal.signal(signal.SIGINT, self.handler)
+
+
+def run(settings: RunSettings, stats: CollectorStats,
+        stream_factory: Callable[[RunSettings], Stream] = open_stream,
+        install_signals: bool = True) -> ExitCode:
+    """Run until a signal or a fatal error; log what was delivered and what was not."""
+    buffer = EventBuffer(settings.max_buffer_events, settings.max_buffer_bytes, stats)
+    publisher: Optional[Publisher] = None
+    if settings.output == "amqp":
+        try:
+            publisher = Publisher(settings.broker, buffer, stats,
+                                  max_in_flight=settings.max_in_flight,
+                                  batch_events=settings.batch_events)
+        except BrokerConfigError as exc:
+            raise Error(str(exc), ExitCode.USAGE) from None
+
+    def exit_now(signum: int) -> None:
+        undelivered = publisher.outstanding() if publisher else 0
+        log.warning("second %s: exiting now; %d event(s) not delivered",
+                    signal.Signals(signum).name, undelivered)
+        logging.shutdown()
+        os._exit(ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED)
+
+    stop = StopFlag(exit_now)
+    stream = stream_factory(settings)
+    if install_signals:
+        stop.install()
+    if publisher:
+        publisher.start()
+    where = f" in network namespace {settings.netns}" if settings.netns else ""
+    target = (f"RabbitMQ exchange {settings.broker.exchange!r} at "
+              + ",".join(f"{h}:{p}" for h, p in settings.broker.hosts)
+              if publisher else "standard output")
+    log.info("listening for %s events%s, publishing to %s",
+             ",".join(settings.types), where, target)
+    try:
+        if publisher:
+            code = _read_into_buffer(stream, buffer, publisher, stop, stats)
+        else:
+            code = _read_to_stdout(stream, stop, stats)
+        # Events the reader already took from the kernel are ours to deliver or to report.
+        _drain_reader(stream, buffer if publisher else None, stats)
+    finally:
+        reader_stats = _close(stream)
+    return _finish(code, publisher, buffer, stats, settings, reader_stats)
+
+
+def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
+                      stop: StopFlag, stats: CollectorStats) -> ExitCode:
+    poll, put, stopping = stream.poll, buffer.put, stop.event.is_set
+    by_type = stats.received_by_type
+    while not stopping():
+        try:
+            event = poll(POLL_TIMEOUT_S)
+        except KeyboardInterrupt:  # a Ctrl-C that reached the reader before our handler
+            stop.event.set()
+            break
+        if event is None:
+            if publisher.fatal_error or not publisher.alive():
+                return ExitCode.ERROR
+            continue
+        by_type[TYPE_BY_INITIAL.get(event[event.find(b'"Type":"', 0, 80) + 8], "UPDATE")] += 1
+        put(event)
+        if publisher.fatal_error:
+            return ExitCode.ERROR
+    return ExitCode.OK
+
+
+def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> ExitCode:
+    out = sys.stdout.buffer
+    by_type = stats.received_by_type
+    try:
+        while not stop.event.is_set():
+            try:
+                event = stream.poll(POLL_TIMEOUT_S)
+            except KeyboardInterrupt:
+                stop.event.set()
+                break
+            if event is None:
+                out.flush()  # flush when idle: whole lines, without a syscall per event
+                continue
+            by_type[TYPE_BY_INITIAL.get(event[event.find(b'"Type":"', 0, 80) + 8], "UPDATE")] += 1
+            out.write(event + b"\n")
+        out.flush()
+    except BrokenPipeError:  # `| head`: the reader of our output is gone, nothing to report
+        stop.event.set()
+    return ExitCode.OK
+
+
+def _drain_reader(stream: Stream, buffer: Optional[EventBuffer], stats: CollectorStats) -> None:
+    """Take what the reader thread holds already, without waiting for anything new."""
+    try:
+        queued = int(stream.stats().get("queued", 0))
+    except Exception:
+        queued = 0
+    for _ in range(queued):
+        try:
+            event = stream.poll(0.0)
+        except KeyboardInterrupt:
+            break
+        if event is None:
+            break
+        stats.received_by_type[
+            TYPE_BY_INITIAL.get(event[event.find(b'"Type":"', 0, 80) + 8], "UPDATE")] += 1
+        if buffer is not None:
+            buffer.put(event)
+        else:
+            try:
+                sys.stdout.buffer.write(event + b"\n")
+            except (BrokenPipeError, ValueError):
+                break
+
+
+def _close(stream: Stream) -> dict[str, Any]:
+    try:
+        reader_stats = dict(stream.stats())
+    except Exception:
+        reader_stats = {}
+    try:
+        stream.close()
+    except Exception:
+        pass
+    return reader_stats
+
+
+def _finish(code: ExitCode, publisher: Optional[Publisher], buffer: EventBuffer,
+            stats: CollectorStats, settings: RunSettings, reader_stats: dict[str, Any]) -> ExitCode:
+    if publisher is not None:
+        if publisher.fatal_error:
+            publisher.stop(0.0)
+        else:
+            log.info("stopping: waiting up to %.0f s for %d event(s) to be confirmed",
+                     settings.shutdown_timeout_s, publisher.outstanding())
+            publisher.stop(settings.shutdown_timeout_s)
+        undelivered = publisher.outstanding()
+        if undelivered:
+            stats.drop("fatal" if publisher.fatal_error else "shutdown", undelivered)
+        buffer.flush_drop_log()
+    lost_in_reader = int(reader_stats.get("overruns", 0) or 0)
+    summary = (f"received {stats.received} events"
+               + (f", delivered {stats.confirmed}" if publisher else "")
+               + f", not delivered {stats.dropped}")
+    if stats.dropped_by_reason:
+        summary += " (" + ", ".join(f"{k}: {v}" for k, v in stats.dropped_by_reason.items()) + ")"
+    if lost_in_reader:
+        summary += f"; the kernel reported {lost_in_reader} overrun(s) (events lost before reading)"
+    log.info("stopped: %s", summary)
+    if publisher is not None and publisher.fatal_error:
+        raise Error(publisher.fatal_error, ExitCode.ERROR)
+    return code

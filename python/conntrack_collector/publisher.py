@@ -1,0 +1,394 @@
+"""Publishing to RabbitMQ with publisher confirms, on a thread of its own.
+
+The reader loop only ever calls `EventBuffer.put`; this thread takes events from that buffer
+and keeps up to `max_in_flight` messages published but not yet confirmed (pipelined: never one
+round trip per message). A message is done only when the broker acks it. A nacked or returned
+message, and every message still unconfirmed when a connection ends, is published again with
+the same `message_id` (at least once; consumers drop duplicates by message_id).
+
+pika's SelectConnection runs the broker I/O; its ioloop lives on this thread only. The other
+threads reach it through `add_callback_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Any, NamedTuple, Optional
+
+import pika
+import pika.channel
+import pika.exceptions
+import pika.frame
+import pika.spec
+
+from .broker import (
+    BrokerSettings,
+    connection_parameters,
+    describe,
+    fatal_connect_error,
+    tls_context,
+)
+from .buffer import EventBuffer
+from .stats import CollectorStats
+
+log = logging.getLogger("conntrack_collector")
+
+# Marks a message whose body is a JSON array of events (opt-in batching); see docs/cli.md.
+BATCH_TYPE = "conntrack.events.batch"
+
+
+class Message(NamedTuple):
+    seq: int  # message_id is f"{prefix}-{seq}": stable across republishing
+    body: bytes
+    events: int  # 1, or the number of events in a batch
+    published_at: float  # time.monotonic() of the latest publish, for the confirm latency
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        buffer: EventBuffer,
+        stats: CollectorStats,
+        *,
+        max_in_flight: int = 1000,
+        batch_events: int = 1,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self._buffer = buffer
+        self._stats = stats
+        self._max_in_flight = max_in_flight
+        self._batch_events = batch_events
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._parameters = connection_parameters(settings, tls_context(settings))
+        # A per-process random prefix makes `prefix-seq` unique across restarts and routers.
+        self._id_prefix = secrets.token_hex(8)
+        self._seq = 0
+        self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
+
+        # Owned by the publisher thread.
+        self._connection: Optional[pika.SelectConnection] = None
+        self._channel: Optional[pika.channel.Channel] = None
+        self._ready = False  # channel open, exchange declared, confirms on
+        self._delivery_tag = 0
+        self._in_flight: OrderedDict[int, Message] = OrderedDict()
+        self._retry: deque[Message] = deque()  # republished before anything new
+        self._returned: set[str] = set()  # message_ids returned, awaiting their ack
+        self._paused_until = 0.0  # after a return: no queue bound, wait before trying again
+        self._properties = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent,
+            content_type="application/json",
+            headers={"router_id": settings.router_id},
+        )
+        self._session_failed: Optional[BaseException] = None
+
+        # Shared with the controlling thread.
+        self._stopping = threading.Event()  # flush, then close
+        self._closed = threading.Event()  # give up now
+        self._wakeup = threading.Event()  # cuts a reconnect backoff short
+        self.fatal_error: Optional[str] = None
+
+    # ---- the controlling thread's interface -------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def outstanding(self) -> int:
+        """Events accepted but not yet confirmed: buffered, waiting to be republished, in flight."""
+        in_flight = sum(m.events for m in list(self._in_flight.values()))
+        retry = sum(m.events for m in list(self._retry))
+        return len(self._buffer) + retry + in_flight
+
+    def stop(self, timeout_s: float) -> bool:
+        """Publish what is buffered, wait for its confirms for at most timeout_s, then close.
+        True when everything accepted was confirmed."""
+        self._stopping.set()
+        self._wake()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._closed.set()
+            self._wake()
+            self._thread.join(5.0)
+        return self.outstanding() == 0
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _wake(self) -> None:
+        """Any thread: make the publisher thread look at the buffer and its flags."""
+        self._wakeup.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.ioloop.add_callback_threadsafe(self._on_wake)
+            except Exception:  # the ioloop closed under us: the run loop sees the flags anyway
+                pass
+
+    # ---- the publisher thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay_s = self._reconnect_min_s
+        try:
+            while not self._closed.is_set() and not self._done():
+                connected = False
+                for parameters in self._parameters:
+                    if self._closed.is_set():
+                        break
+                    connected = self._session(parameters)
+                    if self.fatal_error or connected:
+                        break
+                if self.fatal_error:
+                    return
+                if connected:
+                    delay_s = self._reconnect_min_s
+                    continue  # lost an established connection: try again at once
+                if self._done() or self._closed.is_set():
+                    break
+                log.warning("no RabbitMQ host answered; retrying in %.1f s (%d events waiting)",
+                            delay_s, self.outstanding())
+                self._wakeup.clear()
+                self._wakeup.wait(delay_s)
+                delay_s = min(delay_s * 2, self._reconnect_max_s)
+        except Exception as exc:  # a bug: say it in one line rather than die silently
+            log.exception("publisher failed")
+            self.fatal_error = f"publisher failed: {exc!r}"
+        finally:
+            self._stats.connection_state = "disconnected"
+
+    def _done(self) -> bool:
+        return self._stopping.is_set() and self.outstanding() == 0
+
+    def _session(self, parameters: pika.ConnectionParameters) -> bool:
+        """One connection, from connecting until it ends. True when it got ready to publish."""
+        where = f"{parameters.host}:{parameters.port}"
+        self._stats.connection_state = "connecting"
+        self._session_failed = None
+        got_ready = False
+
+        def on_open(connection: pika.SelectConnection) -> None:
+            connection.channel(on_open_callback=on_channel_open)
+
+        def on_open_error(connection: pika.SelectConnection, exc: BaseException) -> None:
+            self._session_failed = exc
+            connection.ioloop.stop()
+
+        def on_closed(connection: pika.SelectConnection, exc: BaseException) -> None:
+            if self._session_failed is None:
+                self._session_failed = exc
+            connection.ioloop.stop()
+
+        def on_channel_open(channel: pika.channel.Channel) -> None:
+            self._channel = channel
+            self._delivery_tag = 0
+            channel.add_on_close_callback(on_channel_closed)
+            channel.add_on_return_callback(self._on_return)
+            channel.exchange_declare(
+                self.settings.exchange, "direct", durable=True, callback=on_declared
+            )
+
+        def on_declared(_frame: pika.frame.Method) -> None:
+            assert self._channel is not None
+            self._channel.confirm_delivery(self._on_confirm, callback=on_confirming)
+
+        def on_confirming(_frame: pika.frame.Method) -> None:
+            nonlocal got_ready
+            got_ready = True
+            self._ready = True
+            self._stats.connections += 1
+            self._stats.connection_state = "connected"
+            self._stats.connected_host = where
+            log.info("connected to RabbitMQ at %s, exchange %r", where, self.settings.exchange)
+            self._drain()
+
+        def on_channel_closed(channel: pika.channel.Channel, exc: BaseException) -> None:
+            self._ready = False
+            self._channel = None
+            if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code in (
+                403, 406,  # ACCESS_REFUSED, PRECONDITION_FAILED: the exchange can never work
+            ):
+                self.fatal_error = (
+                    f"RabbitMQ at {where} refused exchange {self.settings.exchange!r}: "
+                    f"{exc.reply_text}"
+                )
+            connection = self._connection
+            if connection is not None and connection.is_open:
+                connection.close()
+
+        connection = pika.SelectConnection(
+            parameters,
+            on_open_callback=on_open,
+            on_open_error_callback=on_open_error,
+            on_close_callback=on_closed,
+        )
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
+        self._connection = connection
+        try:
+            connection.ioloop.start()
+        finally:
+            self._connection = None
+            self._channel = None
+            self._ready = False
+            self._requeue_in_flight()
+            try:
+                connection.ioloop.close()
+            except Exception:
+                pass
+        failure = self._session_failed
+        if failure is not None and self.fatal_error is None and not got_ready:
+            self.fatal_error = fatal_connect_error(failure, parameters.host, parameters.port,
+                                                   self.settings)
+        if got_ready and not self._done():
+            log.warning("lost the connection to RabbitMQ at %s (%s); %d events waiting",
+                        where, describe(failure) if failure else "closed", self.outstanding())
+        elif not got_ready and failure is not None and self.fatal_error is None:
+            log.info("cannot connect to RabbitMQ at %s: %s", where, describe(failure))
+        self._stats.connection_state = "disconnected"
+        return got_ready
+
+    def _requeue_in_flight(self) -> None:
+        """Unconfirmed at disconnect: republish first, in their original order."""
+        if self._in_flight:
+            self._retry.extendleft(reversed(self._in_flight.values()))
+            self._in_flight.clear()
+            self._stats.in_flight_events = 0
+        self._returned.clear()
+
+    def _on_wake(self) -> None:
+        if self._closed.is_set():
+            self._close_connection()
+        else:
+            self._drain()
+
+    def _close_connection(self) -> None:
+        connection = self._connection
+        if connection is None or connection.is_closing or connection.is_closed:
+            return
+        try:
+            connection.close()
+        except pika.exceptions.ConnectionWrongStateError:  # still opening: just stop
+            connection.ioloop.stop()
+
+    def _drain(self) -> None:
+        """Publish until the window is full or there is nothing left; called whenever
+        something changes (ready, confirms arrived, new events, a pause ended)."""
+        channel = self._channel
+        if channel is None or not self._ready:
+            return
+        now = time.monotonic()
+        if now < self._paused_until:
+            return
+        room = self._max_in_flight - len(self._in_flight)
+        while room > 0 and self._retry:
+            self._publish(channel, self._retry.popleft()._replace(published_at=now), again=True)
+            room -= 1
+        while room > 0:
+            if self._batch_events > 1:
+                events = self._buffer.take(self._batch_events, waker=self._wake_soon)
+                if not events:
+                    break
+                self._seq += 1
+                body = b"[" + b",".join(events) + b"]"
+                self._publish(channel, Message(self._seq, body, len(events), now))
+                room -= 1
+            else:
+                events = self._buffer.take(room, waker=self._wake_soon)
+                if not events:
+                    break
+                for body in events:
+                    self._seq += 1
+                    self._publish(channel, Message(self._seq, body, 1, now))
+                room -= len(events)
+        if self._stopping.is_set() and self.outstanding() == 0:
+            log.debug("all events confirmed; closing the connection")
+            self._close_connection()
+
+    def _wake_soon(self) -> None:
+        """The buffer calls this (on the reader's thread) when events arrive after it ran dry."""
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.ioloop.add_callback_threadsafe(self._drain)
+            except Exception:
+                pass
+
+    def _publish(self, channel: pika.channel.Channel, message: Message,
+                 again: bool = False) -> None:
+        properties = self._properties
+        properties.message_id = f"{self._id_prefix}-{message.seq}"
+        properties.timestamp = int(time.time())
+        if self._batch_events > 1:
+            properties.type = BATCH_TYPE
+            properties.headers = {"router_id": self.settings.router_id, "events": message.events}
+        channel.basic_publish(self.settings.exchange, "", message.body, properties, mandatory=True)
+        self._delivery_tag += 1
+        self._in_flight[self._delivery_tag] = message
+        self._stats.in_flight_events += message.events
+        if again:
+            self._stats.republished += message.events
+        else:
+            self._stats.published += message.events
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method: Any = frame.method
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        tag: int = method.delivery_tag
+        if method.multiple:
+            done = []
+            while self._in_flight:
+                first = next(iter(self._in_flight))
+                if first > tag:
+                    break
+                done.append(self._in_flight.popitem(last=False)[1])
+        else:
+            one = self._in_flight.pop(tag, None)
+            done = [one] if one is not None else []
+        now = time.monotonic()
+        stats = self._stats
+        for message in done:
+            stats.in_flight_events -= message.events
+            message_id = f"{self._id_prefix}-{message.seq}" if self._returned else ""
+            if nacked or message_id in self._returned:
+                self._returned.discard(message_id)
+                self._retry.append(message)
+                if nacked:
+                    stats.nacked += message.events
+            else:
+                stats.confirmed += message.events
+                stats.messages_confirmed += 1
+                stats.confirm_latency_s_sum += now - message.published_at
+                stats.confirm_latency_count += 1
+        if nacked:
+            log.warning("RabbitMQ nacked %d message(s); publishing them again", len(done))
+        self._drain()
+
+    def _on_return(self, channel: pika.channel.Channel, method: pika.spec.Basic.Return,
+                   properties: pika.spec.BasicProperties, body: bytes) -> None:
+        # We publish `mandatory`: a message that no queue took comes back here (before its ack).
+        # Like a broker outage, events then wait in the buffer until a queue is bound.
+        if properties.message_id:
+            self._returned.add(properties.message_id)
+        self._stats.returned += 1
+        retry_s = self._reconnect_max_s / 2
+        if time.monotonic() >= self._paused_until:
+            log.warning("exchange %r routed a message to no queue (%s); holding events, "
+                        "retrying in %.0f s", self.settings.exchange, method.reply_text, retry_s)
+        self._paused_until = time.monotonic() + retry_s
+        connection = self._connection
+        if connection is not None:
+            connection.ioloop.call_later(retry_s, self._drain)
+
+    def _on_blocked(self, _connection: Any, _frame: Any) -> None:
+        self._stats.connection_state = "blocked"
+        log.warning("RabbitMQ blocked this connection (a resource alarm); events wait in the buffer")
+
+    def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
+        self._stats.connection_state = "connected"
+        log.info("RabbitMQ unblocked this connection")
