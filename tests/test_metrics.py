@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import socket
+import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import pika
 import pytest
 from conntrack_collector.metrics import MetricsAddressError, parse_address, serve_metrics
 from conntrack_collector.stats import CollectorStats
+from netns_util import (
+    Collector,
+    collector_command,
+    conntrack_netns,
+    flush_flows,
+    free_tcp_port,
+    needs_root,
+    send_udp_flows,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -91,3 +106,113 @@ def test_port_in_use_is_an_oserror() -> None:
             serve_metrics(f"127.0.0.1:{first.address[1]}", CollectorStats(), dict)
     finally:
         first.close()
+
+
+# End to end: the collector watching a namespace of its own and publishing to the local broker.
+
+BROKER = ("127.0.0.1", 5672)
+FLOWS = 3000
+
+
+def broker_up() -> bool:
+    try:
+        with socket.create_connection(BROKER, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def bound_queue(exchange: str) -> Iterator[str]:
+    """A queue bound to `exchange` (declared as the collector declares it); deleted after."""
+    connection = pika.BlockingConnection(pika.ConnectionParameters(*BROKER))
+    channel = connection.channel()
+    channel.exchange_declare(exchange, "direct", durable=True)
+    queue = channel.queue_declare("", exclusive=False, auto_delete=False).method.queue
+    channel.queue_bind(queue, exchange, "")
+    try:
+        yield queue
+    finally:
+        channel.queue_delete(queue)
+        channel.exchange_delete(exchange)
+        connection.close()
+
+
+def message_ids(queue: str, count: int, timeout_s: float = 60.0) -> set[str]:
+    connection = pika.BlockingConnection(pika.ConnectionParameters(*BROKER))
+    channel = connection.channel()
+    ids: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        for _method, properties, _body in channel.consume(queue, auto_ack=True,
+                                                          inactivity_timeout=1):
+            if properties is not None:
+                ids.add(properties.message_id)
+            if len(ids) >= count or time.monotonic() > deadline:
+                break
+        channel.cancel()
+    finally:
+        connection.close()
+    return ids
+
+
+def total(samples: Samples, name: str) -> float:
+    prefixed = f"conntrack_collector_{name}"
+    return sum(v for (sample, _labels), v in samples.items() if sample == prefixed)
+
+
+@pytest.mark.root
+@needs_root
+@pytest.mark.skipif(not broker_up(), reason="no RabbitMQ on 127.0.0.1:5672")
+def test_numbers_add_up_while_events_flow() -> None:
+    port = free_tcp_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    exchange = f"ctc-test-metrics-{uuid.uuid4().hex[:8]}"
+    with conntrack_netns("metrics") as netns, bound_queue(exchange) as queue:
+        collector = Collector(collector_command(
+            "--netns", netns, "--amqp-host", BROKER[0], "--amqp-exchange", exchange,
+            "--metrics-addr", f"127.0.0.1:{port}"))
+        try:
+            collector.wait_for("listening for")
+            during: list[Samples] = [scrape(url)]
+            for batch in range(10):
+                send_udp_flows(netns, FLOWS // 10, first_port=20000 + batch * (FLOWS // 10))
+                during.append(scrape(url))
+            flush_flows(netns)
+            during.append(scrape(url))
+            delivered = message_ids(queue, 2 * FLOWS)
+            final = scrape(url)
+            deadline = time.monotonic() + 10
+            while value(final, "in_flight_events") and time.monotonic() < deadline:
+                time.sleep(0.2)  # the last confirms may land just after the messages do
+                final = scrape(url)
+        finally:
+            code = collector.stop()
+
+    assert code == 0, "\n".join(collector.stderr)
+    assert len(delivered) == 2 * FLOWS
+    # While events flow: counters only grow, and nothing is confirmed before it is received.
+    for earlier, later in zip(during, during[1:]):
+        for name in ("events_received_total", "events_published_total",
+                     "events_confirmed_total", "stream_received_total"):
+            assert total(later, name) >= total(earlier, name), name
+    for samples in during:
+        assert total(samples, "events_confirmed_total") <= total(samples, "stream_received_total")
+    assert max(value(s, "buffer_events") + value(s, "in_flight_events") for s in during) > 0
+    # At rest: every event received was published once and confirmed, nothing waits or is lost.
+    assert value(final, "events_received_total", type="NEW") == FLOWS
+    assert value(final, "events_received_total", type="DESTROY") == FLOWS
+    received = total(final, "events_received_total")
+    assert received == total(final, "stream_received_total") - value(final, "stream_queued_events")
+    assert received == (value(final, "events_published_total") + value(final, "buffer_events")
+                        + total(final, "events_dropped_total"))
+    assert value(final, "events_published_total") == value(final, "events_confirmed_total")
+    assert value(final, "events_confirmed_total") == 2 * FLOWS
+    assert value(final, "in_flight_events") == 0
+    assert total(final, "events_dropped_total") == 0
+    assert value(final, "netlink_overruns_total") == 0
+    assert value(final, "decode_errors_total") == 0
+    assert value(final, "broker_connected") == 1
+    assert value(final, "broker_connections_total") == 1
+    assert value(final, "publish_confirm_latency_seconds_count") > 0
+    assert value(final, "publish_confirm_latency_seconds_sum") > 0

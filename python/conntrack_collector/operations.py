@@ -1,0 +1,114 @@
+"""What the command adds around a run for operators: `--tune-kernel`, `--metrics-addr`, `-v`.
+
+Kept out of cli.py so the command only gains a few lines: the kernel is tuned before the event
+stream opens (so the stream's start-up checks see the result), the metrics port is bound before
+anything starts (a port in use fails at once), and the metrics and the progress display start
+once the stream exists, since they read its `stats()` too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Protocol, TypeVar
+
+import rich_click as click
+
+from .collector import Error
+from .exit_codes import ExitCode
+from .kernel_tuning import KernelTuningError, netns_path, tune_kernel
+from .metrics import MetricsAddressError, MetricsServer, parse_address, serve_metrics
+from .progress import Progress, live_display_possible
+from .stats import CollectorStats
+
+log = logging.getLogger(__name__)
+
+
+class HasStats(Protocol):
+    def stats(self) -> dict[str, Any]: ...
+
+
+StreamT = TypeVar("StreamT", bound=HasStats)
+SettingsT = TypeVar("SettingsT")
+
+
+def check_metrics_addr(_ctx: click.Context, _param: click.Parameter,
+                       value: str | None) -> str | None:
+    """Option callback: `HOST:PORT`, from the command line, the environment or the file alike."""
+    if value:
+        try:
+            parse_address(value)
+        except MetricsAddressError as err:
+            raise click.BadParameter(str(err)) from None
+    return value
+
+
+def tune_kernel_for(netns: str | None) -> None:
+    """`--tune-kernel`. A namespace that does not exist is left to the stream to report."""
+    if netns is not None and not netns_path(netns).exists():
+        return
+    try:
+        tune_kernel(netns)
+    except KernelTuningError as err:
+        raise Error(f"--tune-kernel: {err}", ExitCode.ERROR) from None
+
+
+class Observers:
+    """The metrics server and the progress display of one run."""
+
+    def __init__(self, stats: CollectorStats, *, metrics_addr: str | None, verbose: bool,
+                 events_to_stdout: bool) -> None:
+        self._stats = stats
+        self._stream: HasStats | None = None
+        self._verbose = verbose
+        self._events_to_stdout = events_to_stdout
+        self._progress: Progress | None = None
+        self._metrics: MetricsServer | None = None
+        if metrics_addr:
+            try:
+                self._metrics = serve_metrics(metrics_addr, stats, self._stream_stats)
+            except OSError as err:
+                raise Error(f"--metrics-addr {metrics_addr}: {err.strerror or err}",
+                            ExitCode.ERROR) from None
+            host, port = self._metrics.address
+            log.info("serving metrics at http://%s:%d/metrics",
+                     f"[{host}]" if ":" in host else host, port)
+
+    def watch(self, open_stream: Callable[[SettingsT], StreamT]) -> Callable[[SettingsT], StreamT]:
+        """Wraps the stream factory: starts the progress display once the stream is open."""
+
+        def opened(settings: SettingsT) -> StreamT:
+            stream = open_stream(settings)
+            self._stream = stream
+            if self._verbose:
+                self._progress = Progress(
+                    self._stats, self._stream_stats,
+                    live=live_display_possible(self._events_to_stdout))
+                self._progress.start()
+            return stream
+
+        return opened
+
+    def _stream_stats(self) -> Mapping[str, object]:
+        return self._stream.stats() if self._stream is not None else {}
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+
+
+@contextmanager
+def observing(stats: CollectorStats, *, metrics_addr: str | None, verbose: bool,
+              events_to_stdout: bool) -> Iterator[Observers]:
+    observers = Observers(stats, metrics_addr=metrics_addr, verbose=verbose,
+                          events_to_stdout=events_to_stdout)
+    try:
+        yield observers
+    finally:
+        observers.close()
