@@ -9,11 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 UNIT = PACKAGING / "systemd" / "conntrack-event-collector.service"
 INIT_SCRIPT = PACKAGING / "openwrt" / "conntrack-event-collector.init"
 CAPABILITIES = PACKAGING / "openwrt" / "conntrack-event-collector.capabilities.json"
+EXAMPLE_CONFIG = PACKAGING / "conntrack-event-collector.yml"
 INSTALLED_PATH = "/usr/local/bin/conntrack-event-collector"
 
 
@@ -121,3 +123,38 @@ def test_capabilities_file_grants_cap_net_admin_only() -> None:
     sets = json.loads(CAPABILITIES.read_text())
     assert set(sets) == {"bounding", "effective", "ambient", "permitted", "inheritable"}
     assert all(value == ["CAP_NET_ADMIN"] for value in sets.values())
+
+
+def test_example_config_has_exactly_the_keys_the_command_accepts() -> None:
+    from conntrack_collector.cli import NOT_SETTINGS, cli
+
+    settings = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+
+    accepted = {p.name for p in cli.params if p.name and p.name not in NOT_SETTINGS}
+    assert set(settings) == accepted
+
+
+def test_example_config_explains_every_key() -> None:
+    # Each key sits in a paragraph (lines between blank lines) that has a comment.
+    for paragraph in EXAMPLE_CONFIG.read_text().split("\n\n"):
+        lines = paragraph.strip().splitlines()
+        keys = [line.split(":")[0] for line in lines if line and not line.startswith("#")]
+        assert not keys or any(line.startswith("#") for line in lines), keys
+
+
+def test_example_config_as_installed_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conntrack_collector.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no conntrack-event-collector.yml found here
+    env = {"OWP_ROUTER_ID": "r1"}  # not the MAC-derived id: the same in both runs
+    assert main(["--print-config"], env) == 0
+    defaults = capsys.readouterr().out
+    assert main(["--config", str(EXAMPLE_CONFIG), "--print-config"], env) == 0
+    from_example = capsys.readouterr().out
+
+    def values(printed: str) -> list[str]:
+        return [line.split("  #")[0] for line in printed.splitlines()]
+
+    assert values(from_example) == values(defaults)
