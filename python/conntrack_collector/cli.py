@@ -83,6 +83,12 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: Optional[
 @click.option_panel("Flags", options=[
     "--amqp-ca", "--amqp-crt", "--amqp-exchange", "--amqp-host", "--amqp-key",
     "--amqp-password", "--amqp-port", "--amqp-user", "--help", "--verbose", "--nat-only"])
+@click.option_panel("Collector flags", options=[
+    "--netns", "--events", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
+    "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
+    "--batch-events", "--shutdown-timeout", "--connect-timeout", "--config", "--print-config"])
+@click.rich_config(help_config=click.RichHelpConfiguration(width=100))
+@click.help_option("-h", "--help", help="help for this command")
 @click.option("--amqp-ca", metavar="string", help="CA certificate")
 @click.option("--amqp-crt", metavar="string", help="RabbitMQ client cert")
 @click.option("--amqp-exchange", metavar="string", default="conntrack", help="RabbitMQ Exchange")
@@ -139,7 +145,9 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: Optional[
 def cli(ctx: click.Context, **options: Any) -> int:
     if ctx.invoked_subcommand is not None:
         return ExitCode.OK
-    effective = {k: v for k, v in options.items() if k not in NOT_SETTINGS}
+    # In the order of the help, not the order click happened to process them.
+    effective = {p.name: options[p.name] for p in ctx.command.params
+                 if p.name in options and p.name not in NOT_SETTINGS}
     if not effective["router_id"]:
         effective["router_id"] = default_router_id()
     shown = _describe(ctx, effective)
@@ -228,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
         result = cli.main(args=args, prog_name=PROG, obj={"env": environment},
                           standalone_mode=False)
     except click.UsageError as exc:
-        return _error(exc.format_message() + " (see --help)", ExitCode.USAGE)
+        return _error(exc.format_message().rstrip(".") + " (see --help)", ExitCode.USAGE)
     except click.ClickException as exc:
         return _error(exc.format_message(), ExitCode(exc.exit_code) if exc.exit_code in
                       ExitCode._value2member_map_ else ExitCode.ERROR)
