@@ -8,13 +8,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
 
 
 class Collector:
     """`python -m conntrack_collector ARGS` with its stderr collected line by line."""
 
-    def __init__(self, *args: str, env: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "conntrack_collector", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

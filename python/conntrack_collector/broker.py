@@ -5,10 +5,9 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Optional
 
-import pika
-import pika.exceptions
+import pika  # type: ignore[import-untyped]
+import pika.exceptions  # type: ignore[import-untyped]
 
 
 class BrokerConfigError(Exception):
@@ -23,9 +22,9 @@ class BrokerSettings:
     password: str
     exchange: str
     router_id: str
-    ca: Optional[str] = None
-    crt: Optional[str] = None
-    key: Optional[str] = None
+    ca: str | None = None
+    crt: str | None = None
+    key: str | None = None
     connect_timeout_s: float = 5.0
     heartbeat_s: int = 30
 
@@ -66,7 +65,7 @@ def _port(text: str, item: str) -> int:
     return int(text)
 
 
-def tls_context(settings: BrokerSettings) -> Optional[ssl.SSLContext]:
+def tls_context(settings: BrokerSettings) -> ssl.SSLContext | None:
     """The TLS context when a CA or a client certificate is configured, else None.
     Every file is read now, so a missing one is reported at start, by name."""
     if not (settings.ca or settings.crt or settings.key):
@@ -92,7 +91,7 @@ def tls_context(settings: BrokerSettings) -> Optional[ssl.SSLContext]:
     return context
 
 
-def _check_readable(path: Optional[str], what: str) -> None:
+def _check_readable(path: str | None, what: str) -> None:
     if path is None:
         return
     try:
@@ -103,7 +102,7 @@ def _check_readable(path: Optional[str], what: str) -> None:
 
 
 def connection_parameters(
-    settings: BrokerSettings, context: Optional[ssl.SSLContext]
+    settings: BrokerSettings, context: ssl.SSLContext | None
 ) -> list[pika.ConnectionParameters]:
     """One parameter set per host, in the configured order."""
     credentials = pika.PlainCredentials(settings.user, settings.password)
@@ -141,7 +140,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def fatal_connect_error(exc: BaseException, host: str, port: int, settings: BrokerSettings
-                        ) -> Optional[str]:
+                        ) -> str | None:
     """A one-line reason when the broker's answer means retrying can never help
     (credentials, vhost access, TLS verification); None for transient failures."""
     where = f"RabbitMQ at {host}:{port}"

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable
 
 from .stats import CollectorStats
 
@@ -30,7 +30,7 @@ class EventBuffer:
         self._bytes = 0
         self._lock = threading.Lock()
         # Called (outside the lock) on the first put after the consumer found us empty.
-        self._waker: Optional[Callable[[], None]] = None
+        self._waker: Callable[[], None] | None = None
         self._drops_unlogged = 0
         self._last_drop_log = 0.0
 
@@ -50,7 +50,7 @@ class EventBuffer:
             waker()
         return True
 
-    def take(self, max_events: int, waker: Optional[Callable[[], None]] = None) -> list[bytes]:
+    def take(self, max_events: int, waker: Callable[[], None] | None = None) -> list[bytes]:
         """Up to max_events of the oldest events. When there are none and a waker is given,
         it is called once by the next put, so the consumer need not poll."""
         with self._lock:

@@ -7,10 +7,11 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import rich_click as click
 import yaml
+from click.core import ParameterSource
 
 from . import config
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
@@ -27,13 +28,13 @@ NOT_SETTINGS = frozenset({"help", "config", "print_config"})
 log = logging.getLogger("conntrack_collector")
 
 
-class EventTypes(click.ParamType):
+class EventTypes(click.ParamType):  # type: ignore[type-arg]
     """`NEW,DESTROY` (or a YAML list) -> ("NEW", "DESTROY")."""
 
     name = "types"
 
-    def convert(self, value: Any, param: Optional[click.Parameter],
-                ctx: Optional[click.Context]) -> tuple[str, ...]:
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, ...]:
         items = value if isinstance(value, (list, tuple)) else str(value).split(",")
         types = tuple(str(item).strip().upper() for item in items if str(item).strip())
         bad = [t for t in types if t not in EVENT_TYPES]
@@ -43,7 +44,7 @@ class EventTypes(click.ParamType):
         return tuple(dict.fromkeys(types))  # de-duplicated, in the given order
 
 
-def _load_settings(ctx: click.Context, _param: click.Parameter, value: Optional[str]) -> Optional[str]:
+def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Eager: runs before the other options, so the file and the environment become their
     defaults (click's default_map) and the command line still wins over both."""
     env: Mapping[str, str] = ctx.obj["env"]
@@ -142,7 +143,7 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: Optional[
 @click.option("--print-config", is_flag=True, default=False,
               help="Print the effective configuration (secrets hidden) and exit")
 @click.pass_context
-def cli(ctx: click.Context, **options: Any) -> int:
+def cli(ctx: click.RichContext, /, **options: Any) -> int:
     if ctx.invoked_subcommand is not None:
         return ExitCode.OK
     # In the order of the help, not the order click happened to process them.
@@ -194,7 +195,7 @@ def _describe(ctx: click.Context, effective: Mapping[str, Any]) -> str:
     sources: Mapping[str, str] = ctx.meta.get("sources", {})
     lines = []
     for key, value in config.redacted(effective).items():
-        if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE:
+        if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
             source = "command line"
         else:
             source = sources.get(key, "default")
@@ -205,12 +206,21 @@ def _describe(ctx: click.Context, effective: Mapping[str, Any]) -> str:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    """Log lines to stderr through the root logger (the live display re-routes its handlers).
+    Not basicConfig: it does nothing when a handler exists already (pytest's, a caller's)."""
+    global _log_handler
+    root = logging.getLogger()
+    if _log_handler is not None:  # main() called again in the same process (tests)
+        root.removeHandler(_log_handler)
+    _log_handler = logging.StreamHandler(sys.stderr)
+    _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root.addHandler(_log_handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # pika logs every reconnect attempt at length; we say it in one line ourselves.
     logging.getLogger("pika").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+
+
+_log_handler: logging.Handler | None = None
 
 
 @cli.command(name="version", help="Print the version.")
@@ -227,7 +237,7 @@ def help_(ctx: click.Context) -> None:
     click.echo(ctx.parent.get_help())
 
 
-def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the command; returns the exit code. Tests pass argv and env; the console script
     passes nothing (sys.argv, os.environ)."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -9,7 +10,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Protocol, cast
 
 from .broker import BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
@@ -26,7 +27,7 @@ TYPE_BY_INITIAL = {ord("N"): "NEW", ord("U"): "UPDATE", ord("D"): "DESTROY"}
 class Stream(Protocol):
     """What we need of conntrack_collector.EventStream (as_json=True)."""
 
-    def poll(self, timeout_s: float) -> Optional[bytes]: ...
+    def poll(self, timeout_s: float) -> bytes | None: ...
     def close(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
 
@@ -34,7 +35,7 @@ class Stream(Protocol):
 @dataclass(frozen=True)
 class RunSettings:
     types: tuple[str, ...]
-    netns: Optional[str]
+    netns: str | None
     nat_only: bool
     socket_buffer_bytes: int
     reliable: bool
@@ -59,7 +60,7 @@ def open_stream(settings: RunSettings) -> Stream:
     import conntrack_collector as native  # the Rust reader; imported late so the CLI works without
 
     try:
-        stream: Stream = native.EventStream(
+        stream = native.EventStream(
             types=settings.types,
             netns=settings.netns,
             nat_only=settings.nat_only,
@@ -73,7 +74,7 @@ def open_stream(settings: RunSettings) -> Stream:
         raise Error(f"network namespace {settings.netns!r} not found: {exc}", ExitCode.USAGE) from None
     except (native.ConntrackError, OSError, ValueError) as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.ERROR) from None
-    return stream
+    return cast(Stream, stream)  # as_json=True: poll gives bytes
 
 
 class StopFlag:
@@ -83,7 +84,7 @@ class StopFlag:
         self.event = threading.Event()
         self._on_second = on_second
 
-    def handler(self, signum: int, _frame: Optional[FrameType]) -> None:
+    def handler(self, signum: int, _frame: FrameType | None) -> None:
         if self.event.is_set():
             self._on_second(signum)
         self.event.set()
@@ -98,7 +99,7 @@ def run(settings: RunSettings, stats: CollectorStats,
         install_signals: bool = True) -> ExitCode:
     """Run until a signal or a fatal error; log what was delivered and what was not."""
     buffer = EventBuffer(settings.max_buffer_events, settings.max_buffer_bytes, stats)
-    publisher: Optional[Publisher] = None
+    publisher: Publisher | None = None
     if settings.output == "amqp":
         try:
             publisher = Publisher(settings.broker, buffer, stats,
@@ -180,11 +181,11 @@ def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> Ex
     return ExitCode.OK
 
 
-def _drain_reader(stream: Stream, buffer: Optional[EventBuffer], stats: CollectorStats) -> None:
+def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorStats) -> None:
     """Take what the reader thread holds already, without waiting for anything new."""
     try:
         queued = int(stream.stats().get("queued", 0))
-    except Exception:
+    except Exception:  # noqa: BLE001 - shutdown goes on and reports, whatever the reader says
         queued = 0
     for _ in range(queued):
         try:
@@ -207,16 +208,14 @@ def _drain_reader(stream: Stream, buffer: Optional[EventBuffer], stats: Collecto
 def _close(stream: Stream) -> dict[str, Any]:
     try:
         reader_stats = dict(stream.stats())
-    except Exception:
+    except Exception:  # noqa: BLE001 - shutdown goes on and reports, whatever the reader says
         reader_stats = {}
-    try:
+    with contextlib.suppress(Exception):  # likewise
         stream.close()
-    except Exception:
-        pass
     return reader_stats
 
 
-def _finish(code: ExitCode, publisher: Optional[Publisher], buffer: EventBuffer,
+def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
             stats: CollectorStats, settings: RunSettings, reader_stats: dict[str, Any]) -> ExitCode:
     if publisher is not None:
         if publisher.fatal_error:

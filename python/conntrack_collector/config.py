@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -34,7 +34,7 @@ def search_path(env: Mapping[str, str]) -> list[Path]:
     return [folder / CONFIG_FILE_NAME for folder in folders]
 
 
-def find_config_file(env: Mapping[str, str]) -> Optional[Path]:
+def find_config_file(env: Mapping[str, str]) -> Path | None:
     for path in search_path(env):
         if path.is_file():
             return path

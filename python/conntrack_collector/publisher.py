@@ -12,18 +12,19 @@ threads reach it through `add_callback_threadsafe`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
-import pika
-import pika.channel
-import pika.exceptions
-import pika.frame
-import pika.spec
+import pika  # type: ignore[import-untyped]
+import pika.channel  # type: ignore[import-untyped]
+import pika.exceptions  # type: ignore[import-untyped]
+import pika.frame  # type: ignore[import-untyped]
+import pika.spec  # type: ignore[import-untyped]
 
 from .broker import (
     BrokerSettings,
@@ -74,8 +75,8 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
 
         # Owned by the publisher thread.
-        self._connection: Optional[pika.SelectConnection] = None
-        self._channel: Optional[pika.channel.Channel] = None
+        self._connection: pika.SelectConnection | None = None
+        self._channel: pika.channel.Channel | None = None
         self._ready = False  # channel open, exchange declared, confirms on
         self._delivery_tag = 0
         self._in_flight: OrderedDict[int, Message] = OrderedDict()
@@ -87,13 +88,13 @@ class Publisher:
             content_type="application/json",
             headers={"router_id": settings.router_id},
         )
-        self._session_failed: Optional[BaseException] = None
+        self._session_failed: BaseException | None = None
 
         # Shared with the controlling thread.
         self._stopping = threading.Event()  # flush, then close
         self._closed = threading.Event()  # give up now
         self._wakeup = threading.Event()  # cuts a reconnect backoff short
-        self.fatal_error: Optional[str] = None
+        self.fatal_error: str | None = None
 
     # ---- the controlling thread's interface -------------------------------------------------
 
@@ -126,10 +127,9 @@ class Publisher:
         self._wakeup.set()
         connection = self._connection
         if connection is not None:
-            try:
+            # Safe on a closed ioloop too (pika makes it a no-op); the run loop sees the flags anyway.
+            with contextlib.suppress(OSError):
                 connection.ioloop.add_callback_threadsafe(self._on_wake)
-            except Exception:  # the ioloop closed under us: the run loop sees the flags anyway
-                pass
 
     # ---- the publisher thread -----------------------------------------------------------------
 
@@ -237,10 +237,7 @@ class Publisher:
             self._channel = None
             self._ready = False
             self._requeue_in_flight()
-            try:
-                connection.ioloop.close()
-            except Exception:
-                pass
+            connection.ioloop.close()
         failure = self._session_failed
         if failure is not None and self.fatal_error is None and not got_ready:
             self.fatal_error = fatal_connect_error(failure, parameters.host, parameters.port,
@@ -314,10 +311,8 @@ class Publisher:
         """The buffer calls this (on the reader's thread) when events arrive after it ran dry."""
         connection = self._connection
         if connection is not None:
-            try:
+            with contextlib.suppress(OSError):
                 connection.ioloop.add_callback_threadsafe(self._drain)
-            except Exception:
-                pass
 
     def _publish(self, channel: pika.channel.Channel, message: Message,
                  again: bool = False) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Optional
 
 SYS_CLASS_NET = Path("/sys/class/net")
 IFF_UP = 0x1
@@ -16,7 +15,7 @@ def router_id_from_mac(mac: str) -> str:
     return hashlib.sha256(mac.lower().encode("ascii")).hexdigest()[:12]
 
 
-def first_hardware_address(sys_class_net: Path = SYS_CLASS_NET) -> Optional[str]:
+def first_hardware_address(sys_class_net: Path = SYS_CLASS_NET) -> str | None:
     """The MAC of the up interface with the lowest ifindex, as the reference (Go's
     net.Interfaces, in ifindex order, FlagUp, non-empty HardwareAddr) picked it."""
     candidates: list[tuple[int, str]] = []
