@@ -1,0 +1,225 @@
+"""The buffer and the publisher, fed by a fake event stream (no root needed), publishing to
+the shared RabbitMQ on 127.0.0.1:5672 into an exchange and queue of their own."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Optional
+
+import pytest
+from rabbitmq import consume, declare, delete, needs_broker, unique_name
+
+from conntrack_collector import collector
+from conntrack_collector.broker import BrokerSettings
+from conntrack_collector.buffer import EventBuffer
+from conntrack_collector.exit_codes import ExitCode
+from conntrack_collector.publisher import BATCH_TYPE
+from conntrack_collector.stats import CollectorStats
+
+TEMPLATE = (
+    '{{"Timestamp":1764160000123,"Type":"{type}","Id":{id},"Original":{{"Layer3":{{"Protonum":2,'
+    '"Protoname":"ipv4","Src":"10.0.0.1","Dst":"10.0.0.2"}},"Layer4":{{"Protonum":17,'
+    '"Protoname":"udp","Sport":1,"Dport":2}},"Counter":{{"Packets":0,"Bytes":0}}}},"Reply":'
+    '{{"Layer3":{{"Protonum":2,"Protoname":"ipv4","Src":"10.0.0.2","Dst":"10.0.0.1"}},'
+    '"Layer4":{{"Protonum":17,"Protoname":"udp","Sport":2,"Dport":1}},"Counter":{{"Packets":0,'
+    '"Bytes":0}}}},"UNREPLIED":true,"ASSURED":false}}'
+)
+
+
+def event(i: int) -> bytes:
+    return TEMPLATE.format(type="NEW" if i % 2 == 0 else "DESTROY", id=i // 2).encode()
+
+
+class FakeStream:
+    """Gives its events, then waits `linger_s`, then acts as if Ctrl-C was pressed."""
+
+    def __init__(self, events: list[bytes], linger_s: float = 0.0) -> None:
+        self._events = list(reversed(events))
+        self._linger_until: Optional[float] = None
+        self._linger_s = linger_s
+        self.closed = False
+
+    def poll(self, timeout_s: float) -> Optional[bytes]:
+        if self._events:
+            return self._events.pop()
+        if self._linger_until is None:
+            self._linger_until = time.monotonic() + self._linger_s
+        if time.monotonic() < self._linger_until:
+            time.sleep(min(timeout_s, 0.05))
+            return None
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        self.closed = True
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued": 0, "overruns": 0}
+
+
+def settings(exchange: str, *, port: int = 5672, password: str = "guest", batch_events: int = 1,
+             shutdown_timeout_s: float = 10.0, max_buffer_events: int = 500_000
+             ) -> collector.RunSettings:
+    return collector.RunSettings(
+        types=("NEW", "DESTROY"), netns=None, nat_only=False, socket_buffer_bytes=1 << 20,
+        reliable=False, output="amqp",
+        broker=BrokerSettings(hosts=(("127.0.0.1", port),), vhost="/", user="guest",
+                              password=password, exchange=exchange, router_id="r0uter0id000",
+                              connect_timeout_s=2.0),
+        max_buffer_events=max_buffer_events, max_buffer_bytes=10**9, max_in_flight=1000,
+        batch_events=batch_events, shutdown_timeout_s=shutdown_timeout_s,
+    )
+
+
+def run(run_settings: collector.RunSettings, stream: FakeStream, stats: CollectorStats
+        ) -> ExitCode:
+    return collector.run(run_settings, stats, stream_factory=lambda _s: stream,
+                         install_signals=False)
+
+
+# ---- the buffer --------------------------------------------------------------------------------
+
+def test_buffer_drops_the_newest_beyond_its_event_bound_and_counts() -> None:
+    stats = CollectorStats()
+    buffer = EventBuffer(max_events=3, max_bytes=10**6, stats=stats)
+    assert [buffer.put(bytes([i])) for i in range(5)] == [True, True, True, False, False]
+    assert stats.dropped_by_reason == {"buffer_full": 2}
+    assert buffer.take(10) == [b"\x00", b"\x01", b"\x02"]  # the oldest kept, in order
+    assert stats.buffer_events == 0
+
+
+def test_buffer_bound_in_bytes() -> None:
+    stats = CollectorStats()
+    buffer = EventBuffer(max_events=100, max_bytes=10, stats=stats)
+    assert buffer.put(b"12345") and buffer.put(b"12345")
+    assert not buffer.put(b"1")
+    assert stats.buffer_bytes == 10 and stats.dropped == 1
+
+
+def test_buffer_drop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    buffer = EventBuffer(max_events=1, max_bytes=100, stats=CollectorStats())
+    buffer.put(b"a")
+    buffer.put(b"b")
+    assert "buffer full" in caplog.text
+
+
+def test_buffer_wakes_the_consumer_once_after_running_dry() -> None:
+    buffer = EventBuffer(max_events=10, max_bytes=100, stats=CollectorStats())
+    woken: list[int] = []
+    assert buffer.take(5, waker=lambda: woken.append(1)) == []
+    buffer.put(b"a")
+    buffer.put(b"b")
+    assert woken == [1]
+
+
+# ---- publishing ------------------------------------------------------------------------------
+
+@pytest.fixture
+def exchange_and_queue() -> Any:
+    exchange, queue = unique_name("ex"), unique_name("q")
+    declare(exchange, queue)
+    yield exchange, queue
+    delete(exchange, queue)
+
+
+@needs_broker
+def test_every_event_is_published_once_with_the_contract_properties(
+        exchange_and_queue: tuple[str, str]) -> None:
+    exchange, queue = exchange_and_queue
+    count = 3000
+    stats = CollectorStats()
+    code = run(settings(exchange), FakeStream([event(i) for i in range(count)]), stats)
+    assert code == ExitCode.OK
+    messages = consume(queue, count, idle_s=0.5)
+    assert sorted(m.body for m in messages) == sorted(event(i) for i in range(count))
+    ids = {m.properties.message_id for m in messages}
+    assert len(ids) == count
+    for m in messages[:10]:
+        assert m.properties.delivery_mode == 2
+        assert m.properties.content_type == "application/json"
+        assert m.properties.headers == {"router_id": "r0uter0id000"}
+        assert abs(m.properties.timestamp - time.time()) < 60
+    assert stats.confirmed == stats.published == count
+    assert stats.received_by_type == {"NEW": count // 2, "UPDATE": 0, "DESTROY": count // 2}
+    assert stats.dropped == 0 and stats.in_flight_events == 0
+
+
+@needs_broker
+def test_batching_puts_many_events_in_one_json_array(exchange_and_queue: tuple[str, str]) -> None:
+    exchange, queue = exchange_and_queue
+    count = 5000
+    stats = CollectorStats()
+    run(settings(exchange, batch_events=100), FakeStream([event(i) for i in range(count)]), stats)
+    messages = consume(queue, 1, idle_s=1.0)
+    assert len(messages) < count / 10
+    events: list[dict[str, Any]] = []
+    for m in messages:
+        assert m.properties.type == BATCH_TYPE
+        assert m.properties.content_type == "application/json"
+        batch = json.loads(m.body)
+        assert m.properties.headers == {"router_id": "r0uter0id000", "events": len(batch)}
+        events.extend(batch)
+    assert sorted((e["Type"], e["Id"]) for e in events) == sorted(
+        (json.loads(event(i))["Type"], json.loads(event(i))["Id"]) for i in range(count))
+    assert stats.confirmed == count
+
+
+@needs_broker
+def test_events_wait_while_no_queue_is_bound_then_arrive(exchange_and_queue: tuple[str, str]
+                                                         ) -> None:
+    # Published `mandatory`: what no queue takes comes back and is published again later.
+    exchange, queue = exchange_and_queue
+    delete(exchange, queue)
+    stats = CollectorStats()
+    stream = FakeStream([event(i) for i in range(20)], linger_s=8.0)
+
+    def bind_later() -> None:
+        time.sleep(1.5)
+        declare(exchange, queue)
+
+    binder = threading.Thread(target=bind_later)
+    binder.start()
+    run(settings(exchange), stream, stats)
+    binder.join()
+    messages = consume(queue, 20, idle_s=0.5)
+    assert sorted({m.body for m in messages}) == sorted(event(i) for i in range(20))
+    assert stats.returned > 0
+    assert stats.confirmed == 20
+
+
+@needs_broker
+def test_unreachable_broker_reports_what_was_not_delivered(caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    caplog.set_level("INFO")
+    stats = CollectorStats()
+    code = run(settings("x", port=1, shutdown_timeout_s=1.0),
+               FakeStream([event(i) for i in range(10)]), stats)
+    assert code == ExitCode.OK
+    assert stats.dropped_by_reason == {"shutdown": 10}
+    assert "received 10 events, delivered 0, not delivered 10 (shutdown: 10)" in caplog.text
+
+
+@needs_broker
+def test_refused_credentials_are_one_clear_error() -> None:
+    with pytest.raises(collector.Error) as info:
+        run(settings("x", password="wrong"), FakeStream([], linger_s=30), CollectorStats())
+    assert info.value.code == ExitCode.ERROR
+    assert "refused the credentials of user 'guest'" in str(info.value)
+
+
+@needs_broker
+def test_exchange_of_another_type_is_one_clear_error() -> None:
+    exchange = unique_name("fanout")
+    import pika
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    connection.channel().exchange_declare(exchange, "fanout", durable=True)
+    try:
+        with pytest.raises(collector.Error) as info:
+            run(settings(exchange), FakeStream([event(0)], linger_s=30), CollectorStats())
+        assert f"refused exchange {exchange!r}" in str(info.value)
+        assert "PRECONDITION_FAILED" in str(info.value)
+    finally:
+        connection.channel().exchange_delete(exchange)
+        connection.close()
