@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from netns_util import Collector, collector_command, conntrack_netns, needs_root
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 UNIT = PACKAGING / "systemd" / "conntrack-event-collector.service"
@@ -158,3 +161,25 @@ def test_example_config_as_installed_changes_nothing(
         return [line.split("  #")[0] for line in printed.splitlines()]
 
     assert values(from_example) == values(defaults)
+
+
+@pytest.mark.root
+@needs_root
+def test_tells_systemd_when_it_is_subscribed(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket, \
+            conntrack_netns("notify") as netns:
+        notify_socket.bind(str(tmp_path / "notify"))
+        notify_socket.settimeout(20)
+        collector = Collector(collector_command("--netns", netns, "--output", "stdout"),
+                              env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")})
+        try:
+            ready = notify_socket.recv(4096).decode()
+            # READY comes as the stream opens, a moment before the SIGTERM handler is set.
+            collector.wait_for("listening for")
+        finally:
+            code = collector.stop()
+        stopping = notify_socket.recv(4096).decode()
+
+    assert code == 0, collector.stderr
+    assert ready.splitlines()[0] == "READY=1"
+    assert stopping == "STOPPING=1"

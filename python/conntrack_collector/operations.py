@@ -20,6 +20,7 @@ from .exit_codes import ExitCode
 from .kernel_tuning import KernelTuningError, netns_path, tune_kernel
 from .metrics import MetricsAddressError, MetricsServer, parse_address, serve_metrics
 from .progress import Progress, live_display_possible
+from .sd_notify import notify
 from .stats import CollectorStats
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,13 @@ class Observers:
                      f"[{host}]" if ":" in host else host, port)
 
     def watch(self, open_stream: Callable[[SettingsT], StreamT]) -> Callable[[SettingsT], StreamT]:
-        """Wraps the stream factory: starts the progress display once the stream is open."""
+        """Wraps the stream factory: once the stream is open (subscribed), tells systemd we are
+        ready and starts the progress display."""
 
         def opened(settings: SettingsT) -> StreamT:
             stream = open_stream(settings)
             self._stream = stream
+            notify("READY=1\nSTATUS=subscribed to conntrack events")
             if self._verbose:
                 self._progress = Progress(
                     self._stats, self._stream_stats,
@@ -94,6 +97,7 @@ class Observers:
         return self._stream.stats() if self._stream is not None else {}
 
     def close(self) -> None:
+        notify("STOPPING=1")
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
