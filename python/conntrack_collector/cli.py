@@ -13,9 +13,9 @@ import rich_click as click
 import yaml
 from click.core import ParameterSource
 
-from . import config
+from . import config, operations
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
-from .collector import Error, RunSettings, run
+from .collector import Error, RunSettings, open_stream, run
 from .exit_codes import ExitCode
 from .router_id import default_router_id
 from .stats import CollectorStats
@@ -88,6 +88,7 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | Non
     "--netns", "--events", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
     "--batch-events", "--shutdown-timeout", "--connect-timeout", "--config", "--print-config"])
+@click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
 @click.rich_config(help_config=click.RichHelpConfiguration(width=100))
 @click.help_option("-h", "--help", help="help for this command")
 @click.option("--amqp-ca", metavar="string", help="CA certificate")
@@ -142,6 +143,11 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | Non
                    "/etc/owp, /etc/config/owp, $HOME/.owp, .]")
 @click.option("--print-config", is_flag=True, default=False,
               help="Print the effective configuration (secrets hidden) and exit")
+@click.option("--metrics-addr", metavar="HOST:PORT", callback=operations.check_metrics_addr,
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (:PORT: every interface)")
+@click.option("--tune-kernel", is_flag=True, default=False,
+              help="Set net.netfilter.nf_conntrack_acct, _timestamp and _events to 1 where the "
+                   "events are watched, logging each change")
 @click.pass_context
 def cli(ctx: click.RichContext, /, **options: Any) -> int:
     if ctx.invoked_subcommand is not None:
@@ -187,7 +193,13 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         batch_events=effective["batch_events"],
         shutdown_timeout_s=effective["shutdown_timeout"],
     )
-    return run(settings, CollectorStats())
+    stats = CollectorStats()
+    if effective["tune_kernel"]:
+        operations.tune_kernel_for(effective["netns"])
+    with operations.observing(stats, metrics_addr=effective["metrics_addr"],
+                              verbose=effective["verbose"],
+                              events_to_stdout=settings.output == "stdout") as observers:
+        return run(settings, stats, stream_factory=observers.watch(open_stream))
 
 
 def _describe(ctx: click.Context, effective: Mapping[str, Any]) -> str:
