@@ -11,7 +11,7 @@ debs=(
     # Emulation: qemu-user for cargo test and chroots, qemu-system for real conntrack events.
     qemu-user-static binfmt-support qemu-system-arm qemu-system-mips
     # Target roots, initramfs, ELF inspection.
-    mmdebstrap cpio gzip binutils-multiarch file
+    mmdebstrap cpio gzip kmod binutils-multiarch file
 )
 missing=()
 for p in "${debs[@]}"; do
