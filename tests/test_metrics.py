@@ -171,7 +171,7 @@ def test_numbers_add_up_while_events_flow() -> None:
     with conntrack_netns("metrics") as netns, bound_queue(exchange) as queue:
         collector = Collector(collector_command(
             "--netns", netns, "--amqp-host", BROKER[0], "--amqp-exchange", exchange,
-            "--metrics-addr", f"127.0.0.1:{port}"))
+            "--metrics-addr", f"127.0.0.1:{port}", "-v"))
         try:
             collector.wait_for("listening for")
             during: list[Samples] = [scrape(url)]
@@ -216,3 +216,38 @@ def test_numbers_add_up_while_events_flow() -> None:
     assert value(final, "broker_connections_total") == 1
     assert value(final, "publish_confirm_latency_seconds_count") > 0
     assert value(final, "publish_confirm_latency_seconds_sum") > 0
+    # -v without a terminal: plain summary lines on stderr, the last one over the whole run.
+    assert not any("\x1b" in line for line in collector.stderr)
+    summary = [line for line in collector.stderr if " summary: " in line]
+    assert f"received={2 * FLOWS} " in summary[-1]
+    assert f"confirmed={2 * FLOWS} " in summary[-1]
+
+
+@pytest.mark.root
+@needs_root
+def test_numbers_add_up_when_the_broker_is_away() -> None:
+    """Nothing listens on the broker port: events fill the buffer, then are dropped, counted."""
+    port, dead_broker_port = free_tcp_port(), free_tcp_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with conntrack_netns("metrics-away") as netns:
+        collector = Collector(collector_command(
+            "--netns", netns, "--amqp-host", "127.0.0.1", "--amqp-port", str(dead_broker_port),
+            "--max-buffer-events", "100", "--shutdown-timeout", "0",
+            "--metrics-addr", f"127.0.0.1:{port}"))
+        try:
+            collector.wait_for("listening for")
+            send_udp_flows(netns, 300, first_port=20000)
+            deadline = time.monotonic() + 20
+            samples = scrape(url)
+            while total(samples, "events_received_total") < 300 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                samples = scrape(url)
+        finally:
+            collector.stop()
+
+    assert total(samples, "events_received_total") == 300
+    assert value(samples, "buffer_events") == 100
+    assert value(samples, "events_dropped_total", reason="buffer_full") == 200
+    assert value(samples, "events_published_total") == 0
+    assert value(samples, "broker_connected") == 0
+    assert value(samples, "broker_connection_state", state="connected") == 0
