@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import pytest
 from conntrack_collector.kernel_tuning import KernelTuningError, tune_kernel
-from netns_util import conntrack_netns, needs_root, run, sysctl_in
+from netns_util import (
+    Collector,
+    collector_command,
+    conntrack_netns,
+    flush_flows,
+    needs_root,
+    run,
+    send_udp_flows,
+    sysctl_in,
+)
 
 SYSCTLS = ("nf_conntrack_acct", "nf_conntrack_timestamp", "nf_conntrack_events")
 
@@ -77,3 +87,37 @@ def test_applies_inside_the_namespace_only() -> None:
 def test_unknown_namespace_is_a_clear_error() -> None:
     with pytest.raises(KernelTuningError, match="ctc-no-such-ns does not exist"):
         tune_kernel(netns="ctc-no-such-ns")
+
+
+@pytest.mark.root
+@needs_root
+def test_command_tunes_the_watched_namespace_so_a_restart_loses_no_destroy() -> None:
+    host_before = {name: Path("/proc/sys/net/netfilter", name).read_text() for name in SYSCTLS}
+    with conntrack_netns("tune-cli") as netns:
+        run("ip", "netns", "exec", netns, "sysctl", "-qw", "net.netfilter.nf_conntrack_events=2")
+        first = Collector(collector_command("--netns", netns, "--tune-kernel",
+                                            "--output", "stdout"))
+        first.wait_for("listening for")
+        assert first.stop() == 0
+        # The collector is away (a restart): at nf_conntrack_events=2 these flows would never
+        # produce their DESTROY.
+        send_udp_flows(netns, 3, first_port=32000)
+        second = Collector(collector_command("--netns", netns, "--output", "stdout"))
+        try:
+            second.wait_for("listening for")
+            flush_flows(netns)
+            lines = second.wait_for_stdout_lines(3)
+        finally:
+            second.stop()
+
+        assert {name: sysctl_in(netns, name) for name in SYSCTLS} == dict.fromkeys(SYSCTLS, "1")
+    changes = [line for line in first.stderr if "--tune-kernel:" in line]
+    assert any(f"nf_conntrack_events changed from 2 to 1 in network namespace {netns}" in line
+               for line in changes), first.stderr
+    # Tuned before the stream opened: none of its start-up warnings about these settings.
+    assert not any("nf_conntrack_events=2" in line for line in first.stderr)
+    destroyed = sorted(json.loads(line)["Original"]["Layer4"]["Dport"] for line in lines
+                       if json.loads(line)["Type"] == "DESTROY")
+    assert destroyed == [32000, 32001, 32002]
+    host_after = {name: Path("/proc/sys/net/netfilter", name).read_text() for name in SYSCTLS}
+    assert host_after == host_before
