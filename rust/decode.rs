@@ -47,6 +47,10 @@ const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 const NLA_HDRLEN: usize = 4;
+// nlmsg_type of the two conntrack events: (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_*.
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
 
 /// Why a message was not turned into an event.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,6 +93,11 @@ pub fn split_messages(datagram: &[u8]) -> impl Iterator<Item = Result<&[u8], Ski
 
 /// Decodes one netlink message (header included) received at `timestamp_ms`.
 pub fn decode(message: &[u8], timestamp_ms: u64) -> Result<Event, Skip> {
+    // Only conntrack events reach the crate's parser: it parses every nfnetlink subsystem,
+    // and its nftables parser panics on some malformed attributes (found by fuzzing).
+    if message.len() >= NLMSG_HDRLEN && !is_conntrack_event(message) {
+        return Err(Skip::NotAnEvent);
+    }
     let message = without_empty_attributes(message);
     let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(&message)
         .map_err(|e| Skip::Malformed(e.to_string()))?;
@@ -146,6 +155,17 @@ pub fn decode(message: &[u8], timestamp_ms: u64) -> Result<Event, Skip> {
         ));
     }
     Ok(event)
+}
+
+fn is_conntrack_event(message: &[u8]) -> bool {
+    let message_type = message
+        .get(4..6)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_ne_bytes);
+    message_type.is_some_and(|t| {
+        t >> 8 == NFNL_SUBSYS_CTNETLINK
+            && matches!(t & 0xff, IPCTNL_MSG_CT_NEW | IPCTNL_MSG_CT_DELETE)
+    })
 }
 
 /// Drops empty top-level attributes. On architectures that align 64-bit attributes the
