@@ -91,10 +91,12 @@ procd_open_instance() {{ record open "$@"; }}
 procd_close_instance() {{ record close "$@"; }}
 procd_set_param() {{ record set "$@"; }}
 procd_append_param() {{ record append "$@"; }}
+procd_add_jail() {{ record jail "$@"; }}
 id() {{ true; }}
 . {INIT_SCRIPT}
 CONFIG={config}
 CAPABILITIES={caps}
+UJAIL=/bin/true
 start_service
 printf '%s' "$calls"
 """
@@ -111,12 +113,13 @@ def test_init_script_runs_the_collector_under_procd(tmp_path: Path) -> None:
     assert "set command /usr/bin/conntrack-event-collector" in calls
     assert f"append command --config {tmp_path}/conntrack-event-collector.yml" in calls
     assert "set respawn 3600 5 5" in calls
-    assert not any(call.startswith(("set user", "set capabilities")) for call in calls)
+    assert not any(call.startswith(("set user", "set capabilities", "jail")) for call in calls)
 
 
 def test_init_script_drops_to_cap_net_admin_when_configured(tmp_path: Path) -> None:
     calls = run_start_service(tmp_path, capabilities=True)
 
+    assert "jail conntrack-event-collector" in calls  # procd applies capabilities via ujail
     assert f"set capabilities {tmp_path}/caps.json" in calls
     assert "set user conntrack" in calls
     assert "set no_new_privs 1" in calls
