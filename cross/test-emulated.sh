@@ -152,7 +152,7 @@ boot() {
     local qemu
     case $arch in
     armhf) qemu=(qemu-system-arm -M virt -cpu cortex-a15 -m 512 -append "console=ttyAMA0 panic=-1 loglevel=4") ;;
-    mipsel) qemu=(qemu-system-mipsel -M malta -cpu 24Kf -m 256 -append "console=ttyS0 panic=-1 loglevel=4") ;;
+    mipsel) qemu=(qemu-system-mipsel -M malta -cpu 24Kf -m 256 -vga none -append "console=ttyS0 panic=-1 loglevel=4") ;;
     esac
     make_initramfs "$arch"
     log "$arch: booting ${qemu[0]} (timeout $BOOT_TIMEOUT_S s)"
