@@ -106,7 +106,6 @@ class Observers:
             self._metrics = None
 
 
-
 @contextmanager
 def observing(stats: CollectorStats, *, metrics_addr: str | None, verbose: bool,
               events_to_stdout: bool) -> Iterator[Observers]:
