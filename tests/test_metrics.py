@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -251,3 +252,29 @@ def test_numbers_add_up_when_the_broker_is_away() -> None:
     assert value(samples, "events_published_total") == 0
     assert value(samples, "broker_connected") == 0
     assert value(samples, "broker_connection_state", state="connected") == 0
+
+
+def run_collector(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(collector_command(*args), capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_bad_metrics_address_is_a_usage_error() -> None:
+    done = run_collector("--metrics-addr", "9465", "--output", "stdout")
+
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "--metrics-addr" in done.stderr
+    assert "HOST:PORT" in done.stderr
+
+
+def test_metrics_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_collector("--metrics-addr", f"127.0.0.1:{port}", "--output", "stdout")
+
+    assert done.returncode == 1
+    expected = f"conntrack-event-collector: error: --metrics-addr 127.0.0.1:{port}: "
+    assert done.stderr.strip().splitlines() == [expected + "Address already in use"]
