@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -168,21 +169,28 @@ def test_example_config_as_installed_changes_nothing(
 
 @pytest.mark.root
 @needs_root
-def test_tells_systemd_when_it_is_subscribed(tmp_path: Path) -> None:
+def test_tells_systemd_when_it_is_subscribed_and_alive(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket, \
             conntrack_netns("notify") as netns:
         notify_socket.bind(str(tmp_path / "notify"))
         notify_socket.settimeout(20)
         collector = Collector(collector_command("--netns", netns, "--output", "stdout"),
-                              env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")})
+                              env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"),
+                                   "WATCHDOG_USEC": "400000"})
         try:
             ready = notify_socket.recv(4096).decode()
             # READY comes as the stream opens, a moment before the SIGTERM handler is set.
             collector.wait_for("listening for")
+            watchdog = notify_socket.recv(4096).decode()
         finally:
             code = collector.stop()
-        stopping = notify_socket.recv(4096).decode()
+        notify_socket.settimeout(1)
+        after: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                after.append(notify_socket.recv(4096).decode())
 
     assert code == 0, collector.stderr
     assert ready.splitlines()[0] == "READY=1"
-    assert stopping == "STOPPING=1"
+    assert watchdog == "WATCHDOG=1"
+    assert after[-1] == "STOPPING=1"

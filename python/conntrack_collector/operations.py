@@ -20,7 +20,7 @@ from .exit_codes import ExitCode
 from .kernel_tuning import KernelTuningError, netns_path, tune_kernel
 from .metrics import MetricsAddressError, MetricsServer, parse_address, serve_metrics
 from .progress import Progress, live_display_possible
-from .sd_notify import notify
+from .sd_notify import Watchdog, notify, watchdog_interval_s
 from .stats import CollectorStats
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Observers:
         self._events_to_stdout = events_to_stdout
         self._progress: Progress | None = None
         self._metrics: MetricsServer | None = None
+        self._watchdog: Watchdog | None = None
         if metrics_addr:
             try:
                 self._metrics = serve_metrics(metrics_addr, stats, self._stream_stats)
@@ -78,12 +79,16 @@ class Observers:
 
     def watch(self, open_stream: Callable[[SettingsT], StreamT]) -> Callable[[SettingsT], StreamT]:
         """Wraps the stream factory: once the stream is open (subscribed), tells systemd we are
-        ready and starts the progress display."""
+        ready, feeds its watchdog, and starts the progress display."""
 
         def opened(settings: SettingsT) -> StreamT:
             stream = open_stream(settings)
             self._stream = stream
             notify("READY=1\nSTATUS=subscribed to conntrack events")
+            interval_s = watchdog_interval_s()
+            if interval_s is not None:
+                self._watchdog = Watchdog(self._stream_stats, interval_s)
+                self._watchdog.start()
             if self._verbose:
                 self._progress = Progress(
                     self._stats, self._stream_stats,
@@ -98,6 +103,9 @@ class Observers:
 
     def close(self) -> None:
         notify("STOPPING=1")
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -1,14 +1,21 @@
-"""systemd's readiness protocol (`Type=notify`), without a libsystemd dependency.
+"""systemd's readiness and watchdog protocol (`Type=notify`), without libsystemd.
 
 The service manager passes a datagram socket in $NOTIFY_SOCKET; "READY=1" tells it the
 collector is subscribed to the kernel's events, so units ordered after it start only when no
-event can be missed any more. Outside systemd (no $NOTIFY_SOCKET) every call does nothing.
+event can be missed any more; "WATCHDOG=1", sent while the collector's loop keeps taking
+events, keeps `WatchdogSec=` from restarting it. Outside systemd every call does nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
+from collections.abc import Mapping
+from typing import Callable
+
+log = logging.getLogger(__name__)
 
 
 def notify(message: str) -> bool:
@@ -25,3 +32,59 @@ def notify(message: str) -> bool:
     except OSError:
         return False  # readiness is a courtesy to systemd: never a reason to stop collecting
     return True
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of systemd's `WatchdogSec=` for this process, or None when there is no watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+class ReaderProgress:
+    """Is the collector's loop still taking events from the reader thread?
+
+    Healthy when nothing waits in the reader's queue (idle is fine) or when events were taken
+    since the last look. Events waiting and none taken means the loop is stuck: systemd's
+    watchdog should then restart us rather than let the kernel drop events.
+    """
+
+    def __init__(self) -> None:
+        self._last_delivered = -1
+
+    def healthy(self, stream_stats: Mapping[str, object]) -> bool:
+        delivered, queued = stream_stats.get("delivered", 0), stream_stats.get("queued", 0)
+        if not isinstance(delivered, int) or not isinstance(queued, int):
+            return True  # nothing to judge by
+        moved = delivered != self._last_delivered
+        self._last_delivered = delivered
+        return queued == 0 or moved
+
+
+class Watchdog:
+    """Sends WATCHDOG=1 every `interval_s` while the loop is healthy, from a daemon thread."""
+
+    def __init__(self, stream_stats: Callable[[], Mapping[str, object]],
+                 interval_s: float) -> None:
+        self._stream_stats = stream_stats
+        self._interval_s = interval_s
+        self._progress = ReaderProgress()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sd-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            if self._progress.healthy(self._stream_stats()):
+                notify("WATCHDOG=1")
+            else:
+                log.warning("events wait in the reader's queue and none were taken for %.0f s: "
+                            "not feeding systemd's watchdog", self._interval_s)
