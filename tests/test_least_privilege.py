@@ -147,3 +147,15 @@ def test_without_the_capability_a_clear_error(netns: str, tmp_path: Path) -> Non
     assert len(errors) == 1, collector.stderr
     assert "CAP_NET_ADMIN" in errors[0]
     assert not any("Traceback" in line for line in collector.stderr)
+
+
+def test_another_namespace_needs_cap_sys_admin_and_says_so(netns: str, tmp_path: Path) -> None:
+    """Why the service files put the whole collector in the namespace instead (docs/deploy.md)."""
+    collector = unprivileged_collector(netns, tmp_path / "stash", cap_net_admin=True,
+                                       args=("--netns", netns))
+    code = collector.proc.wait(timeout=30)
+    collector.stop()
+
+    assert code not in (0, None)
+    assert len(collector.stderr) == 1, collector.stderr
+    assert "CAP_SYS_ADMIN" in collector.stderr[0]
