@@ -223,3 +223,43 @@ def test_exchange_of_another_type_is_one_clear_error() -> None:
     finally:
         connection.channel().exchange_delete(exchange)
         connection.close()
+
+
+@needs_broker
+def test_nacked_messages_are_published_again_until_the_broker_takes_them() -> None:
+    # A queue that holds 10 messages and nacks more (overflow=reject-publish), emptied slowly.
+    import pika
+
+    exchange, queue = unique_name("ex"), unique_name("q")
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    channel = connection.channel()
+    channel.exchange_declare(exchange, "direct", durable=True)
+    channel.queue_declare(queue, arguments={"x-max-length": 10, "x-overflow": "reject-publish"})
+    channel.queue_bind(queue, exchange, "")
+    got: list[bytes] = []
+
+    def drain_slowly() -> None:
+        consumer = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+        ch = consumer.channel()
+        deadline = time.monotonic() + 30
+        while len(got) < 40 and time.monotonic() < deadline:
+            method, _properties, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                time.sleep(0.2)
+            else:
+                got.append(body)
+        consumer.close()
+
+    reader = threading.Thread(target=drain_slowly)
+    reader.start()
+    stats = CollectorStats()
+    try:
+        run(settings(exchange), FakeStream([event(i) for i in range(40)], linger_s=1.0), stats)
+        reader.join()
+    finally:
+        channel.queue_delete(queue)
+        channel.exchange_delete(exchange)
+        connection.close()
+    assert stats.nacked > 0
+    assert sorted(set(got)) == sorted(event(i) for i in range(40))
+    assert stats.confirmed == 40

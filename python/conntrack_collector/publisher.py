@@ -39,6 +39,10 @@ from .stats import CollectorStats
 
 log = logging.getLogger("conntrack_collector")
 
+# A connection lost sooner than this after it got ready is retried with backoff, not at once.
+STABLE_CONNECTION_S = 5.0
+# After a nack (a queue full with overflow=reject-publish, an internal error), wait this long.
+NACK_RETRY_S = 1.0
 # Marks a message whose body is a JSON array of events (opt-in batching); see docs/cli.md.
 BATCH_TYPE = "conntrack.events.batch"
 
@@ -87,6 +91,7 @@ class Publisher:
         self._returned: set[str] = set()  # message_ids returned, awaiting their ack
         self._paused_until = 0.0  # after a return: no queue bound, wait before trying again
         self._session_failed: BaseException | None = None
+        self._ready_since = 0.0
 
         # Shared with the controlling thread.
         self._stopping = threading.Event()  # flush, then close
@@ -142,18 +147,21 @@ class Publisher:
                         break
                 if self.fatal_error:
                     return
-                if connected:
+                if connected and time.monotonic() - self._ready_since >= STABLE_CONNECTION_S:
                     delay_s = self._reconnect_min_s
-                    continue  # lost an established connection: try again at once
+                    continue  # lost a connection that worked: try again at once
                 if self._done() or self._closed.is_set():
                     break
-                log.warning("no RabbitMQ host answered; retrying in %.1f s (%d events waiting)",
+                # No host answered, or the broker keeps closing us right after we connect:
+                # either way, back off rather than spin.
+                log.warning("%s; retrying in %.1f s (%d events waiting)",
+                            "the connection did not last" if connected else "no RabbitMQ host answered",
                             delay_s, self.outstanding())
                 self._wakeup.clear()
                 self._wakeup.wait(delay_s)
                 delay_s = min(delay_s * 2, self._reconnect_max_s)
-        except Exception as exc:  # a bug: say it in one line rather than die silently
-            log.exception("publisher failed")
+        except Exception as exc:  # a bug: the main loop reports it in one line and exits
+            log.debug("publisher failed", exc_info=True)
             self.fatal_error = f"publisher failed: {exc!r}"
         finally:
             self._stats.connection_state = "disconnected"
@@ -203,6 +211,7 @@ class Publisher:
                 message_type=BATCH_TYPE if self._batch_events > 1 else None)
             got_ready = True
             self._ready = True
+            self._ready_since = time.monotonic()
             self._stats.connections += 1
             self._stats.connection_state = "connected"
             self._stats.connected_host = where
@@ -371,7 +380,7 @@ class Publisher:
                 stats.confirm_latency_s_sum += now - message.published_at
                 stats.confirm_latency_count += 1
         if nacked:
-            log.warning("RabbitMQ nacked %d message(s); publishing them again", len(done))
+            self._pause(NACK_RETRY_S, f"RabbitMQ nacked {len(done)} message(s)")
         self._drain()
 
     def _on_return(self, channel: pika.channel.Channel, method: pika.spec.Basic.Return,
@@ -381,14 +390,20 @@ class Publisher:
         if properties.message_id:
             self._returned.add(properties.message_id)
         self._stats.returned += 1
-        retry_s = self._reconnect_max_s / 2
-        if time.monotonic() >= self._paused_until:
-            log.warning("exchange %r routed a message to no queue (%s); holding events, "
-                        "retrying in %.0f s", self.settings.exchange, method.reply_text, retry_s)
-        self._paused_until = time.monotonic() + retry_s
+        self._pause(self._reconnect_max_s / 2,
+                    f"exchange {self.settings.exchange!r} routed a message to no queue "
+                    f"({method.reply_text})")
+
+    def _pause(self, seconds: float, reason: str) -> None:
+        """Publish nothing for a while (events wait in the buffer), then republish first what
+        came back: the broker refused it, so sending at once would only spin."""
+        now = time.monotonic()
+        if now >= self._paused_until:
+            log.warning("%s; holding events, publishing again in %.0f s", reason, seconds)
+        self._paused_until = now + seconds
         connection = self._connection
         if connection is not None:
-            connection.ioloop.call_later(retry_s, self._drain)
+            connection.ioloop.call_later(seconds, self._drain)
 
     def _on_blocked(self, _connection: Any, _frame: Any) -> None:
         self._stats.connection_state = "blocked"
