@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import pytest
-from rabbitmq import consume, declare, delete, needs_broker, unique_name
-
 from conntrack_collector import collector
 from conntrack_collector.broker import BrokerSettings
 from conntrack_collector.buffer import EventBuffer
 from conntrack_collector.exit_codes import ExitCode
 from conntrack_collector.publisher import BATCH_TYPE
 from conntrack_collector.stats import CollectorStats
+from rabbitmq import consume, declare, delete, needs_broker, unique_name
 
 TEMPLATE = (
     '{{"Timestamp":1764160000123,"Type":"{type}","Id":{id},"Original":{{"Layer3":{{"Protonum":2,'
@@ -37,11 +36,11 @@ class FakeStream:
 
     def __init__(self, events: list[bytes], linger_s: float = 0.0) -> None:
         self._events = list(reversed(events))
-        self._linger_until: Optional[float] = None
+        self._linger_until: float | None = None
         self._linger_s = linger_s
         self.closed = False
 
-    def poll(self, timeout_s: float) -> Optional[bytes]:
+    def poll(self, timeout_s: float) -> bytes | None:
         if self._events:
             return self._events.pop()
         if self._linger_until is None:
