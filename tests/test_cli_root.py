@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from rabbitmq import needs_broker
-
 from netns_util import needs_root
+from rabbitmq import needs_broker
 
 pytestmark = [pytest.mark.root, needs_root]
 

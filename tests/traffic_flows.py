@@ -8,6 +8,7 @@ import time
 
 from netns_util import send_udp_flows
 from rabbitmq import Received
+from typing_extensions import Self
 
 
 class FlowMaker:
@@ -27,7 +28,7 @@ class FlowMaker:
             self.flows += self.batch
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> FlowMaker:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
