@@ -8,7 +8,6 @@ import time
 
 from netns_util import send_udp_flows
 from rabbitmq import Received
-from typing_extensions import Self
 
 
 class FlowMaker:
@@ -28,7 +27,7 @@ class FlowMaker:
             self.flows += self.batch
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FlowMaker:  # noqa: PYI034
         self._thread.start()
         return self
 
