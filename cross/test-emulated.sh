@@ -177,11 +177,14 @@ summary() {
     "$HOST_PYTHON" - "$1" <<'EOF'
 import json, sys
 r = json.loads(sys.argv[1])
-t = r.get("throughput", {})
-print(f"{r['events']} NEW/DESTROY events correct and equal to conntrack -E"
-      f" ({r.get('conntrack_E_events', '?')}), kernel {r['kernel']} {r['machine']};"
-      f" {t.get('flows')} flows: NEW iterated {t.get('new_iterated_per_s')}/s,"
-      f" DESTROY from a flush {t.get('destroy_per_s_from_flush')}/s")
+t, j = r.get("throughput", {}), r.get("throughput_json", {})
+compared = (f"equal to the target's conntrack -E ({r['conntrack_E_events']})"
+            if "conntrack_E_events" in r else "(no conntrack -E comparison)")
+print(f"{r['events']} NEW/DESTROY events with correct fields, {compared},"
+      f" kernel {r['kernel']} {r['machine']}; {t.get('flows')} flows: iterator"
+      f" {t.get('iterator_per_s')}/s as dicts, {j.get('iterator_per_s')}/s as JSON; flush to"
+      f" iterator {t.get('flush_destroy_per_s')}/s dicts, {j.get('flush_destroy_per_s')}/s JSON;"
+      f" overruns {t.get('overruns')}+{j.get('overruns')}")
 EOF
 }
 
