@@ -6,14 +6,19 @@ Run as root, with RabbitMQ on 127.0.0.1:5672 (guest/guest), from the repository:
     python3 bench/bench_publish.py --quick    # shorter phases, a smaller burst
 
 It measures, in the same run:
-  1. the broker's own ingest ceiling: a minimal pika publisher, 1000 confirms in flight,
-     persistent messages of one event's size into a non-durable queue;
-  2. the collector (`python -m conntrack_collector --netns ... --events NEW`) at offered rates
-     of 1k, 5k and 10k flows/s (one NEW event each), then a burst of 200k flows sent as fast as
-     one socket can, one message per event; then the same burst with `--batch-events 100`.
+  1. the broker's ingest ceiling: one publisher, 1000 confirms in flight, persistent messages of
+     one event's size into a non-durable queue; twice: with pika's basic_publish (the minimal
+     publisher anyone would write; its own CPU may limit it) and with the collector's bulk frame
+     encoder (so what remains is the broker);
+  2. the collector (`python -m conntrack_collector --netns ...`) with `--events NEW` at offered
+     rates of 1k, 5k and 10k flows/s (one NEW event each, one message each);
+  3. a burst: 200k flows made beforehand, then `conntrack -F`: 200k DESTROY events at the
+     kernel's pace (`--events DESTROY --reliable`), one message per event; then the same burst
+     with `--batch-events 100`.
 For each phase: events offered and delivered (messages in the queue, or events in the batches),
-delivered events/s, collector CPU microseconds per event (utime+stime of the whole process, the
-Rust reader thread included), and the collector's peak RSS (VmHWM).
+delivered events/s (from the first event offered to the last one in the queue), collector CPU
+microseconds per event (utime+stime of the whole process, the Rust reader thread included), the
+collector's peak RSS (VmHWM), the broker's CPU per event and how busy the machine was.
 
 Flows are UDP datagrams from one socket to 127.0.0.x on varying ports, dropped by an nft `input`
 rule after conntrack saw them (no reply, no ICMP). The host's nf_conntrack_max is raised for the
@@ -80,6 +85,26 @@ class Phase:
     delivered_per_s: float
     cpu_us_per_event: float
     peak_rss_mib: float
+    broker_cpu_us_per_event: float  # the broker's share, to see who had the CPU
+    machine_busy_pct: float  # both cores, over the phase
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def broker_pid() -> int:
+    """The shared broker's Erlang VM, whose CPU we report beside ours."""
+    out = sh("rabbitmqctl", "-q", "eval", "list_to_integer(os:getpid()).")
+    return int(out.strip())
 
 
 def sh(*argv: str, input_text: str | None = None) -> str:
@@ -234,8 +259,7 @@ class Collector:
             self.lines.append(line.rstrip())
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+        return process_cpu_s(self.process.pid)
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -258,14 +282,20 @@ def run_phase(name: str, netns: str, collector: Collector, queue: Queue, flows: 
         time.sleep(1)
     queue.purge()
     cpu_before = collector.cpu_s()
+    broker = broker_pid()
+    broker_before = process_cpu_s(broker)
+    machine_before = machine_ticks()
     started = time.monotonic()
     if burst:
         flush(netns)
     else:
         send_flows(netns, flows, rate, 0).wait()
     offered_s = time.monotonic() - started
-    delivered, last_change, last_count = 0, time.monotonic(), -1
-    # Delivered: what the queue holds once it stops growing for settle_s.
+    # Delivered: what the queue holds once it stops growing for settle_s. CPU is read at the
+    # last growth, so the idle settle time does not count.
+    delivered, last_count = 0, -1
+    last_change = time.monotonic()
+    at_last_change = (last_change, cpu_before, broker_before, machine_before)
     while time.monotonic() - last_change < settle_s:
         if batched:
             delivered += queue.count_batched_events()
@@ -274,20 +304,24 @@ def run_phase(name: str, netns: str, collector: Collector, queue: Queue, flows: 
             count = queue.depth()
         if count != last_count:
             last_count, last_change = count, time.monotonic()
-            if count >= flows:
-                delivered_at = last_change
+            at_last_change = (last_change, collector.cpu_s(), process_cpu_s(broker),
+                              machine_ticks())
         time.sleep(0.05)
     delivered = last_count
-    done_at = delivered_at if delivered >= flows else last_change
-    # The settle time is idle time: little CPU, but counted; so the figure errs high.
-    cpu_s = collector.cpu_s() - cpu_before
+    done_at, cpu_after, broker_after, machine_after = at_last_change
+    cpu_s = cpu_after - cpu_before
+    broker_s = broker_after - broker_before
+    busy_pct = 100 * (machine_after[0] - machine_before[0]) / max(
+        1, machine_after[1] - machine_before[1])
     flush(netns)
     phase = Phase(
         name=name, offered_events=flows, offered_per_s=round(flows / offered_s),
         delivered_events=delivered, lost_events=flows - delivered,
         delivered_per_s=round(delivered / (done_at - started)),
         cpu_us_per_event=round(cpu_s / max(delivered, 1) * 1e6, 1),
-        peak_rss_mib=round(collector.peak_rss_mib(), 1))
+        peak_rss_mib=round(collector.peak_rss_mib(), 1),
+        broker_cpu_us_per_event=round(broker_s / max(delivered, 1) * 1e6, 1),
+        machine_busy_pct=round(busy_pct))
     print(f"   {phase}", flush=True)
     return phase
 
