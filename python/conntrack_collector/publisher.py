@@ -89,7 +89,7 @@ class Publisher:
         self._retry_events = 0
         self._encoder: PublishEncoder | None = None
         self._returned: set[str] = set()  # message_ids returned, awaiting their ack
-        self._paused_until = 0.0  # after a return: no queue bound, wait before trying again
+        self._paused_until = 0.0  # after a return or a nack: wait before publishing again
         self._session_failed: BaseException | None = None
         self._ready_since = 0.0
 
@@ -154,9 +154,9 @@ class Publisher:
                     break
                 # No host answered, or the broker keeps closing us right after we connect:
                 # either way, back off rather than spin.
+                why = "the connection did not last" if connected else "no RabbitMQ host answered"
                 log.warning("%s; retrying in %.1f s (%d events waiting)",
-                            "the connection did not last" if connected else "no RabbitMQ host answered",
-                            delay_s, self.outstanding())
+                            why, delay_s, self.outstanding())
                 self._wakeup.clear()
                 self._wakeup.wait(delay_s)
                 delay_s = min(delay_s * 2, self._reconnect_max_s)
@@ -212,6 +212,7 @@ class Publisher:
             got_ready = True
             self._ready = True
             self._ready_since = time.monotonic()
+            self._paused_until = 0.0  # a pause's timer died with the old connection
             self._stats.connections += 1
             self._stats.connection_state = "connected"
             self._stats.connected_host = where
