@@ -7,9 +7,6 @@ OUT_DIR=${CROSS_OUT_DIR:-$CROSS_DIR/out}
 WORK_DIR=${CROSS_WORK_DIR:-$CROSS_DIR/work}
 # Our own target dir: never blocks (or is blocked by) a `cargo build` in the main target/.
 export CARGO_TARGET_DIR=${CROSS_TARGET_DIR:-$WORK_DIR/target}
-# Downloads that do not change between CI runs (kernels and target roots are rebuilt from
-# them quickly); outside the clone so a fresh clone still finds them.
-CACHE_DIR=${CROSS_CACHE_DIR:-/var/cache/conntrack-collector-cross}
 # 2 cores shared with other builds.
 export CARGO_BUILD_JOBS=${CROSS_JOBS:-2}
 
