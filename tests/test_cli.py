@@ -70,6 +70,15 @@ def test_help_shows_every_reference_flag_with_its_default(
         assert ours in out
 
 
+def test_help_of_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "help", "version")
+    assert code == 0
+    assert "Print the version." in out
+    code, _, err = run(capsys, "help", "nope")
+    assert code == 2
+    assert_one_line_error(err, "unknown command 'nope'")
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "version")
     assert code == 0

@@ -243,10 +243,20 @@ def version() -> None:
 
 
 @cli.command(name="help", help="Help about any command")
+@click.argument("command", required=False)
 @click.pass_context
-def help_(ctx: click.Context) -> None:
-    assert ctx.parent is not None
-    click.echo(ctx.parent.get_help())
+def help_(ctx: click.Context, command: str | None) -> None:
+    """`help` as the reference's (cobra's): `help` alone, or `help version`."""
+    parent = ctx.parent
+    assert parent is not None
+    if command is None:
+        click.echo(parent.get_help())
+        return
+    sub = cli.get_command(parent, command)
+    if sub is None:
+        raise click.UsageError(f"unknown command {command!r} for help", ctx)
+    with sub.context_class(sub, info_name=command, parent=parent) as sub_ctx:
+        click.echo(sub.get_help(sub_ctx))
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -266,6 +276,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return _error(str(exc), exc.code)
     except (KeyboardInterrupt, click.Abort):
         return ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug: still one line, no traceback (-v logs it)
+        logging.getLogger("conntrack_collector").debug("internal error", exc_info=True)
+        return _error(f"internal error: {exc!r} (please report it)", ExitCode.ERROR)
     return int(result) if isinstance(result, int) else ExitCode.OK
 
 
