@@ -262,3 +262,21 @@ def test_nacked_messages_are_published_again_until_the_broker_takes_them() -> No
     assert stats.nacked > 0
     assert sorted(set(got)) == sorted(event(i) for i in range(40))
     assert stats.confirmed == 40
+
+
+@needs_broker
+def test_a_failing_reader_is_one_error_after_delivering_what_it_read(
+        exchange_and_queue: tuple[str, str]) -> None:
+    exchange, queue = exchange_and_queue
+
+    class Failing(FakeStream):
+        def poll(self, timeout_s: float) -> bytes | None:
+            if not self._events:
+                raise OSError("netlink socket gone")
+            return super().poll(timeout_s)
+
+    stats = CollectorStats()
+    with pytest.raises(collector.Error, match="reading conntrack events failed: netlink socket"):
+        run(settings(exchange), Failing([event(i) for i in range(5)]), stats)
+    assert stats.confirmed == 5
+    assert len(consume(queue, 5, idle_s=0.2)) == 5

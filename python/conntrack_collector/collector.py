@@ -127,16 +127,24 @@ def run(settings: RunSettings, stats: CollectorStats,
               if publisher else "standard output")
     log.info("listening for %s events%s, publishing to %s",
              ",".join(settings.types), where, target)
+    reader_error = ""
     try:
-        if publisher:
-            code = _read_into_buffer(stream, buffer, publisher, stop, stats)
-        else:
-            code = _read_to_stdout(stream, stop, stats)
+        try:
+            if publisher:
+                code = _read_into_buffer(stream, buffer, publisher, stop, stats)
+            else:
+                code = _read_to_stdout(stream, stop, stats)
+        except Exception as exc:  # noqa: BLE001 - the reader failed: deliver what we have, then say it
+            reader_error = f"reading conntrack events failed: {exc}"
+            code = ExitCode.ERROR
         # Events the reader already took from the kernel are ours to deliver or to report.
         _drain_reader(stream, buffer if publisher else None, stats)
     finally:
         reader_stats = _close(stream)
-    return _finish(code, publisher, buffer, stats, settings, reader_stats)
+    code = _finish(code, publisher, buffer, stats, settings, reader_stats)
+    if reader_error:
+        raise Error(reader_error, ExitCode.ERROR)
+    return code
 
 
 def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
