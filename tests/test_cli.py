@@ -184,7 +184,8 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], ar
     ("events: NEW,SOMETIMES\n", ["events", "SOMETIMES"]),
 ])
 def test_bad_config_file_is_one_line_naming_it_and_exit_2(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, fragments: list[str]) -> None:
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, fragments: list[str]
+) -> None:
     path = tmp_path / "bad.yml"
     path.write_text(text)
     code, _, err = run(capsys, "--config", str(path))
@@ -209,7 +210,8 @@ def test_missing_certificate_names_the_file(capsys: pytest.CaptureFixture[str], 
     assert code == 2
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
-        f"conntrack-event-collector: error: cannot read {what} {missing}: No such file or directory")
+        f"conntrack-event-collector: error: cannot read {what} {missing}: "
+        "No such file or directory")
 
 
 def test_invalid_ca_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -117,7 +117,8 @@ def connection_parameters(
             socket_timeout=settings.connect_timeout_s,
             stack_timeout=settings.connect_timeout_s * 2,
             heartbeat=settings.heartbeat_s,
-            client_properties={"connection_name": f"conntrack-event-collector {settings.router_id}"},
+            client_properties={
+                "connection_name": f"conntrack-event-collector {settings.router_id}"},
         )
         for host, port in settings.hosts
     ]

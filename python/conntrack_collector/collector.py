@@ -71,7 +71,8 @@ def open_stream(settings: RunSettings) -> Stream:
     except PermissionError as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.NO_PERMISSION) from None
     except FileNotFoundError as exc:
-        raise Error(f"network namespace {settings.netns!r} not found: {exc}", ExitCode.USAGE) from None
+        raise Error(f"network namespace {settings.netns!r} not found: {exc}",
+                    ExitCode.USAGE) from None
     except (native.ConntrackError, OSError, ValueError) as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.ERROR) from None
     return cast(Stream, stream)  # as_json=True: poll gives bytes
@@ -134,7 +135,7 @@ def run(settings: RunSettings, stats: CollectorStats,
                 code = _read_into_buffer(stream, buffer, publisher, stop, stats)
             else:
                 code = _read_to_stdout(stream, stop, stats)
-        except Exception as exc:  # noqa: BLE001 - the reader failed: deliver what we have, then say it
+        except Exception as exc:  # noqa: BLE001 - reader failed: deliver what we have, say it
             reader_error = f"reading conntrack events failed: {exc}"
             code = ExitCode.ERROR
         # Events the reader already took from the kernel are ours to deliver or to report.

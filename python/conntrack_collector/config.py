@@ -59,7 +59,8 @@ def load_config_file(path: Path, known_keys: Iterable[str]) -> dict[str, Any]:
     if data is None:  # an empty file is a valid, empty configuration
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected `key: value` lines, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path}: expected `key: value` lines, got {type(data).__name__}")
     known = set(known_keys)
     settings: dict[str, Any] = {}
     for raw_key, value in data.items():

@@ -128,7 +128,7 @@ class Publisher:
         self._wakeup.set()
         connection = self._connection
         if connection is not None:
-            # Safe on a closed ioloop too (pika makes it a no-op); the run loop sees the flags anyway.
+            # Safe on a closed ioloop too (pika makes it a no-op); the run loop sees the flags.
             with contextlib.suppress(OSError):
                 connection.ioloop.add_callback_threadsafe(self._on_wake)
 
@@ -408,7 +408,8 @@ class Publisher:
 
     def _on_blocked(self, _connection: Any, _frame: Any) -> None:
         self._stats.connection_state = "blocked"
-        log.warning("RabbitMQ blocked this connection (a resource alarm); events wait in the buffer")
+        log.warning("RabbitMQ blocked this connection (a resource alarm); events wait in the "
+                    "buffer")
 
     def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
         self._stats.connection_state = "connected"
