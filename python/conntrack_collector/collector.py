@@ -21,6 +21,7 @@ from .stats import CollectorStats
 log = logging.getLogger("conntrack_collector")
 
 POLL_TIMEOUT_S = 0.25  # how soon the loop notices a signal or a failed publisher
+READER_QUEUE_EVENTS = 65_536  # the reader thread's queue (EventStream's queue_events)
 TYPE_BY_INITIAL = {ord("N"): "NEW", ord("U"): "UPDATE", ord("D"): "DESTROY"}
 
 
@@ -191,15 +192,17 @@ def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> Ex
 
 
 def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorStats) -> None:
-    """Take what the reader thread holds already, without waiting for anything new."""
+    """Take what the reader thread holds, without waiting for anything new. It may still read
+    while we take: we go on until it has nothing, within a bound (traffic does not stop for
+    us); what it still holds at close is counted as discarded (see _finish)."""
     try:
         queued = int(stream.stats().get("queued", 0))
     except Exception:  # noqa: BLE001 - shutdown goes on and reports, whatever the reader says
         queued = 0
-    for _ in range(queued):
+    for _ in range(queued + READER_QUEUE_EVENTS):
         try:
             event = stream.poll(0.0)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception):  # noqa: BLE001 - a failed reader has no more
             break
         if event is None:
             break
@@ -237,8 +240,13 @@ def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
         if undelivered:
             stats.drop("fatal" if publisher.fatal_error else "shutdown", undelivered)
         buffer.flush_drop_log()
+    # Read by the reader thread but never handed to us: close() discards them. Rare (we took
+    # all it had a moment before), but never silent.
+    discarded = int(reader_stats.get("queued", 0) or 0)
+    if discarded:
+        stats.drop("discarded_at_close", discarded)
     lost_in_reader = int(reader_stats.get("overruns", 0) or 0)
-    summary = (f"received {stats.received} events"
+    summary = (f"received {stats.received + discarded} events"
                + (f", delivered {stats.confirmed}" if publisher else "")
                + f", not delivered {stats.dropped}")
     if stats.dropped_by_reason:
