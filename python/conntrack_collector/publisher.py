@@ -43,6 +43,10 @@ log = logging.getLogger("conntrack_collector")
 STABLE_CONNECTION_S = 5.0
 # After a nack (a queue full with overflow=reject-publish, an internal error), wait this long.
 NACK_RETRY_S = 1.0
+# How long new events may wait for others to share their write (see _drain_soon), and the
+# backlog from which they go out at once.
+LINGER_S = 0.002
+BACKLOG_EVENTS = 100
 # Marks a message whose body is a JSON array of events (opt-in batching); see docs/cli.md.
 BATCH_TYPE = "conntrack.events.batch"
 
@@ -92,6 +96,7 @@ class Publisher:
         self._paused_until = 0.0  # after a return or a nack: wait before publishing again
         self._session_failed: BaseException | None = None
         self._ready_since = 0.0
+        self._drain_scheduled = False  # a _scheduled_drain is pending on the ioloop
 
         # Shared with the controlling thread.
         self._stopping = threading.Event()  # flush, then close
@@ -213,6 +218,7 @@ class Publisher:
             self._ready = True
             self._ready_since = time.monotonic()
             self._paused_until = 0.0  # a pause's timer died with the old connection
+            self._drain_scheduled = False  # and so did a scheduled drain
             self._stats.connections += 1
             self._stats.connection_state = "connected"
             self._stats.connected_host = where
@@ -339,7 +345,20 @@ class Publisher:
         connection = self._connection
         if connection is not None:
             with contextlib.suppress(OSError):
-                connection.ioloop.add_callback_threadsafe(self._drain)
+                connection.ioloop.add_callback_threadsafe(self._drain_soon)
+
+    def _drain_soon(self) -> None:
+        """Drain LINGER_S from now rather than at once: at steady rates one drain then takes
+        the events of a few milliseconds, with one write, one wake-up and (mostly) one ack for
+        all of them instead of one each."""
+        connection = self._connection
+        if connection is not None and not self._drain_scheduled:
+            self._drain_scheduled = True
+            connection.ioloop.call_later(LINGER_S, self._scheduled_drain)
+
+    def _scheduled_drain(self) -> None:
+        self._drain_scheduled = False
+        self._drain()
 
     def _encode(self, encoder: PublishEncoder, message: Message, timestamp_s: int) -> bytes:
         """The frames of one message, now counted as in flight under the next delivery tag."""
@@ -382,7 +401,12 @@ class Publisher:
                 stats.confirm_latency_count += 1
         if nacked:
             self._pause(NACK_RETRY_S, f"RabbitMQ nacked {len(done)} message(s)")
-        self._drain()
+        # A backlog (a burst, a reconnection) goes out at once to keep the window full; a few
+        # events wait for the next scheduled drain, with those that follow them.
+        if len(self._buffer) >= BACKLOG_EVENTS or self._retry or self._stopping.is_set():
+            self._drain()
+        elif len(self._buffer):
+            self._drain_soon()
 
     def _on_return(self, channel: pika.channel.Channel, method: pika.spec.Basic.Return,
                    properties: pika.spec.BasicProperties, body: bytes) -> None:
