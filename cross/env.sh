@@ -27,8 +27,19 @@ use_debian_rust() {
     # maturin --zig looks for `zig` in PATH; ziglang is a PyPI package of the host Python.
     printf '#!/bin/sh\nexec "%s" -m ziglang "$@"\n' "$HOST_PYTHON" >"$WORK_DIR/bin/zig"
     chmod +x "$WORK_DIR/bin/zig"
+    # A C linker for static musl soft-float MIPS executables (test binaries, the musl probe):
+    # rustc's self-contained musl objects come with rustup's std only, not with build-std.
+    printf '#!/bin/sh\nexec "%s" -m ziglang cc -target mipsel-linux-musleabi "$@"\n' "$HOST_PYTHON" \
+        >"$WORK_DIR/bin/cc-mipsel-musl"
+    chmod +x "$WORK_DIR/bin/cc-mipsel-musl"
     export PATH="$WORK_DIR/bin:/usr/bin:/bin:$PATH"
     export RUSTC_BOOTSTRAP=1
     [ "$(command -v cargo)" = /usr/bin/cargo ] || die "expected Debian's cargo first in PATH"
     [ -d /usr/lib/rustlib/src/rust/library/std ] || die "rust-web-src missing (cross/setup.sh)"
+}
+
+# Static executables for mipsel-unknown-linux-musl (soft-float, like OpenWrt), linked by zig.
+use_musl_executables() {
+    export CARGO_TARGET_MIPSEL_UNKNOWN_LINUX_MUSL_LINKER="$WORK_DIR/bin/cc-mipsel-musl"
+    export CARGO_TARGET_MIPSEL_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=no"
 }

@@ -5,15 +5,18 @@
 #                chroot), Python imports it and decodes the golden captures; then Debian's armmp
 #                kernel boots under qemu-system-arm and EventStream yields real NEW/DESTROY events
 #   mipsel       the same for the mipsel (gnu) wheel, Debian's 4kc-malta kernel, qemu-system-mipsel
-#   musl         mipsel-musl wheel (OpenWrt): ELF checks (MIPS32r2, o32, soft-float, musl only)
-# Usage: cross/test-emulated.sh [cargo-test] [armhf] [mipsel] [musl]    (default: all)
+#   musl         mipsel-musl wheel (OpenWrt): ELF checks (MIPS32r2, o32, soft-float, musl only);
+#                the Rust core as a static musl soft-float binary, which the mipsel guest runs
+#                against its real kernel (no musl Python for MIPS is reachable here)
+# Usage: cross/test-emulated.sh [cargo-test] [armhf] [musl] [mipsel]    (default: all)
 # Writes cross/out/emulated-report.txt; exits non-zero if any proof failed.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_DIR"
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(cargo-test armhf mipsel musl)
+# musl before mipsel: the mipsel guest also runs the musl probe.
+[ ${#steps[@]} -gt 0 ] || steps=(cargo-test armhf musl mipsel)
 BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-420}
 
 bash "$CROSS_DIR/setup.sh"
@@ -45,7 +48,8 @@ cargo_test() {
          var=CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')
          case $target in
          armv7-*) export "${var}_LINKER=arm-linux-gnueabihf-gcc" ;;
-         mipsel-*) export "${var}_LINKER=mipsel-linux-gnu-gcc" ;;
+         mipsel-*-gnu) export "${var}_LINKER=mipsel-linux-gnu-gcc" ;;
+         mipsel-*-musl) use_musl_executables ;;
          esac
          export "${var}_RUNNER=$runner"
          cargo test --locked --target "$target" -Z build-std=std,panic_abort ) >"$logf" 2>&1; then
@@ -109,6 +113,8 @@ host_digest() {
 # --- real conntrack events under qemu-system ---------------------------------------------------
 # The root (with the wheel installed) minus what the guest does not need, plus the netfilter
 # modules and their dependencies, becomes the initramfs; /init runs guest_check.py.
+# Keep it small: malta's 32-bit kernel has no highmem, so its 256 MB hold the kernel, the
+# gzipped and the unpacked initramfs at once ("Initramfs unpacking failed: write error").
 make_initramfs() {
     local arch=$1
     local root="$WORK_DIR/root-$arch" stage="$WORK_DIR/initramfs-$arch"
@@ -121,7 +127,12 @@ make_initramfs() {
         --exclude=./usr/share/doc --exclude=./usr/share/man --exclude=./usr/share/locale \
         --exclude=./usr/share/info --exclude=./usr/share/perl5 --exclude=./lib/udev/hwdb.d \
         --exclude=./lib/firmware --exclude=./var/cache/apt --exclude=./var/lib/apt/lists \
-        --exclude=./usr/lib/python3/dist-packages/pip --exclude=./tmp/testdata . \
+        --exclude=./usr/lib/python3/dist-packages/pip --exclude=./tmp/testdata \
+        --exclude=./usr/lib/python3/dist-packages/setuptools \
+        --exclude=./usr/lib/python3/dist-packages/pkg_resources \
+        --exclude=./usr/lib/python3.11/pydoc_data --exclude=./usr/lib/python3.11/lib2to3 \
+        --exclude=./usr/lib/python3.11/test --exclude=./usr/lib/python3.11/ensurepip \
+        --exclude=./usr/lib/\*-linux-gnu\*/gconv . \
         | tar -C "$stage" -xf -
     local moddir="lib/modules/$kver" wanted=(crc32c_generic nf_conntrack_netlink nft_ct) files=()
     local m line
@@ -140,7 +151,10 @@ make_initramfs() {
     mkdir -p "$stage/cross-test"
     cp "$CROSS_DIR/guest/guest_check.py" "$stage/cross-test/"
     # The parser of `conntrack -E` output that the host's differential test uses.
-    [ -f tests/conntrack_text.py ] && cp tests/conntrack_text.py "$stage/cross-test/"
+    if [ -f tests/conntrack_text.py ]; then cp tests/conntrack_text.py "$stage/cross-test/"; fi
+    if [ "$arch" = mipsel ] && [ -x "$WORK_DIR/musl-probe-bin" ]; then
+        cp "$WORK_DIR/musl-probe-bin" "$stage/cross-test/musl-probe"
+    fi
     (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -1) >"$WORK_DIR/initrd-$arch.gz"
     cp "$root/boot/vmlinuz-$kver" "$WORK_DIR/vmlinuz-$arch"
     log "$arch: initramfs $(du -sh "$stage" | cut -f1) unpacked, $(du -h "$WORK_DIR/initrd-$arch.gz" | cut -f1) gzipped, $(printf '%s\n' "${files[@]}" | sort -u | wc -l) modules"
@@ -170,6 +184,15 @@ boot() {
     else
         tail -30 "$logf" >&2
         fail "$arch: qemu-system: ${verdict:-no verdict within $BOOT_TIMEOUT_S s} (log: $OUT_DIR/qemu-$arch.log)"
+    fi
+    if [ -f "$WORK_DIR/initramfs-$arch/cross-test/musl-probe" ]; then
+        grep -a '^musl-probe:' "$logf" | sed 's/^/    /' >&2 || true
+        verdict=$(grep -a '^MUSL-PROBE-RESULT:' "$logf" | tail -1 | tr -d '\r' || true)
+        if [[ $verdict == "MUSL-PROBE-RESULT: PASS "* ]]; then
+            pass "mipsel-musl: static soft-float musl build of the core under qemu-system $arch: ${verdict#*PASS }"
+        else
+            fail "mipsel-musl: probe under qemu-system $arch: ${verdict:-no verdict}"
+        fi
     fi
 }
 
@@ -219,12 +242,35 @@ musl_checks() {
     if readelf -V "$so" | grep -q GLIBC; then fail "mipsel-musl: references glibc symbol versions"; fi
 }
 
+# The crate's Rust core as a static musl soft-float binary (cross/musl-probe), for the mipsel
+# guest to run against its real kernel: no musl Python for MIPS is reachable here.
+build_musl_probe() {
+    local src="$WORK_DIR/musl-probe" logf="$WORK_DIR/musl-probe-build.log"
+    rm -rf "$src" "$WORK_DIR/musl-probe-bin"
+    cp -r "$CROSS_DIR/musl-probe" "$src"
+    sed -i "s#path = \"../..\"#path = \"$REPO_DIR\"#" "$src/Cargo.toml"
+    cp Cargo.lock "$src/Cargo.lock"   # the same dependency versions as the wheels
+    log "musl probe: cargo build --target mipsel-unknown-linux-musl (static, soft-float)"
+    if ( use_debian_rust
+         use_musl_executables
+         cargo build --release --manifest-path "$src/Cargo.toml" --target mipsel-unknown-linux-musl \
+             -Z build-std=std,panic_abort ) >"$logf" 2>&1; then
+        cp "$CARGO_TARGET_DIR/mipsel-unknown-linux-musl/release/conntrack-musl-probe" "$WORK_DIR/musl-probe-bin"
+        pass "mipsel-musl: probe built: $(file -b "$WORK_DIR/musl-probe-bin" | cut -d, -f1-5)"
+    else
+        tail -30 "$logf" >&2
+        fail "mipsel-musl: probe build (see $logf)"
+    fi
+}
+
 t_all=$SECONDS
 for step in "${steps[@]}"; do
     case $step in
     cargo-test)
         cargo_test armv7-unknown-linux-gnueabihf "qemu-arm-static -L /usr/arm-linux-gnueabihf"
         cargo_test mipsel-unknown-linux-gnu "qemu-mipsel-static -L /usr/mipsel-linux-gnu"
+        # Static and soft-float: the OpenWrt build's code generation.
+        cargo_test mipsel-unknown-linux-musl qemu-mipsel-static
         ;;
     armhf)
         w=$(wheel_for '*_armv7l.whl')
@@ -236,6 +282,7 @@ for step in "${steps[@]}"; do
         ;;
     musl)
         musl_checks "$(wheel_for '*-musllinux_1_2_mips.whl')"
+        build_musl_probe
         ;;
     *) die "unknown step $step (cargo-test, armhf, mipsel, musl)" ;;
     esac
