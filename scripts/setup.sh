@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(conntrack nftables iproute2 rabbitmq-server openssl procps iputils-ping libcap2-bin)
+debs=(conntrack nftables iproute2 rabbitmq-server openssl procps libcap2-bin util-linux systemd coreutils)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -119,8 +119,12 @@ def events(
     as_json: bool = False,
     queue_events: int = 65_536,
 ) -> Iterator[Event]:
-    """Yields events until the caller stops; takes EventStream's arguments."""
-    with EventStream(
+    """Yields events until the caller stops; takes EventStream's arguments.
+
+    Subscribes at the call, not at the first `next()`, so traffic made after the call
+    produces events.
+    """
+    stream = EventStream(
         types,
         netns=netns,
         nat_only=nat_only,
@@ -128,5 +132,10 @@ def events(
         reliable=reliable,
         as_json=as_json,
         queue_events=queue_events,
-    ) as stream:
+    )
+    return _closing(stream)
+
+
+def _closing(stream: EventStream) -> Iterator[Event]:
+    with stream:
         yield from stream

@@ -1,0 +1,96 @@
+"""The Python API's contract: forms, arguments and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import conntrack_collector
+import pytest
+from conntrack_collector import ConntrackError, EventStream, decode_datagram
+from netns_util import conntrack_netns, flush_flows, needs_root, send_udp_flows
+
+CAPTURES = sorted((Path(__file__).parents[1] / "rust" / "testdata").glob("*.bin"))
+SEED_KEYS = ["Timestamp", "Type", "Id", "Original", "Reply", "UNREPLIED", "ASSURED"]
+DIRECTION_KEYS = {"Layer3": ["Protonum", "Protoname", "Src", "Dst"],
+                  "Layer4": ["Protonum", "Protoname", "Sport", "Dport"],
+                  "Counter": ["Packets", "Bytes"]}
+
+
+def test_captures_are_there() -> None:
+    assert len(CAPTURES) > 50
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.stem)
+def test_dict_and_json_carry_the_same_content_in_the_same_order(capture: Path) -> None:
+    datagram = capture.read_bytes()
+    [as_dict] = decode_datagram(datagram, timestamp_ms=1764160000123)
+    [as_json] = decode_datagram(datagram, timestamp_ms=1764160000123, as_json=True)
+    assert isinstance(as_json, bytes) and isinstance(as_dict, dict)
+    parsed = json.loads(as_json)
+    assert parsed == as_dict
+    assert list(parsed) == list(as_dict) == SEED_KEYS
+    for direction in ("Original", "Reply"):
+        assert list(parsed[direction]) == list(DIRECTION_KEYS)
+        for part, keys in DIRECTION_KEYS.items():
+            assert list(parsed[direction][part]) == keys
+            assert list(as_dict[direction][part]) == keys
+    assert as_dict["Timestamp"] == 1764160000123
+
+
+def test_malformed_datagram_is_a_conntrack_error() -> None:
+    datagram = CAPTURES[0].read_bytes()
+    with pytest.raises(ConntrackError):
+        decode_datagram(datagram[:40] + b"\xff" * 4 + datagram[44:60])
+
+
+def test_version_is_the_crate_version() -> None:
+    cargo = (Path(__file__).parents[1] / "Cargo.toml").read_text()
+    assert f'version = "{conntrack_collector.__version__}"' in cargo
+
+
+def test_unknown_event_type_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match='unknown event type "OPEN"'):
+        EventStream(("NEW", "OPEN"))
+
+
+def test_missing_namespace_is_file_not_found() -> None:
+    with pytest.raises(FileNotFoundError, match="/run/netns/no-such-namespace"):
+        EventStream(netns="no-such-namespace")
+
+
+@needs_root
+@pytest.mark.root
+def test_without_cap_net_admin_a_permission_error_says_so() -> None:
+    """Root, but with CAP_NET_ADMIN dropped from every set."""
+    script = ("import conntrack_collector\n"
+              "try:\n    conntrack_collector.EventStream()\n"
+              "except PermissionError as e:\n    print(e)\n")
+    done = subprocess.run(
+        ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", "--",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, check=True,
+    )
+    assert "needs CAP_NET_ADMIN" in done.stdout
+    assert "run as root, or grant the capability" in done.stdout
+
+
+@needs_root
+@pytest.mark.root
+def test_events_generator_stream_and_context_manager() -> None:
+    with conntrack_netns("api") as netns:
+        generator = conntrack_collector.events(("NEW",), netns=netns)
+        with EventStream("NEW,DESTROY", netns=netns) as stream:
+            assert stream.poll(0) is None
+            send_udp_flows(netns, 3)
+            flush_flows(netns)
+            first_three = [next(generator) for _ in range(3)]
+            stream_events = [next(stream) for _ in range(6)]
+            assert set(stream.stats()) >= {"received", "overruns", "decode_errors", "queued"}
+        generator.close()
+        stream.close()  # a second close is harmless
+        assert stream.poll(0.1) is None
+    assert [e["Type"] for e in first_three] == ["NEW"] * 3
+    assert sorted(e["Type"] for e in stream_events) == ["DESTROY"] * 3 + ["NEW"] * 3
