@@ -24,6 +24,13 @@ REFERENCE_FLAGS = {  # flag -> the default its help shows (None: no default)
     "--help": None,
     "--verbose": None,
 }
+REFERENCE_HELP = {  # flag -> its help text, word for word
+    "--amqp-ca": "CA certificate", "--amqp-crt": "RabbitMQ client cert",
+    "--amqp-exchange": "RabbitMQ Exchange", "--amqp-host": "RabbitMQ Host",
+    "--amqp-key": "RabbitMQ client key", "--amqp-password": "RabbitMQ password",
+    "--amqp-port": "RabbitMQ Port", "--amqp-user": "RabbitMQ user",
+    "--help": "help for this command", "--verbose": "Enable verbose",
+}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str, env: dict[str, str] | None = None
@@ -61,6 +68,9 @@ def test_help_shows_every_reference_flag_with_its_default(
         if default is not None:
             start = flat.index(flag)
             assert f"[default: {default}]" in flat[start:start + 300], flag
+    for flag, text in REFERENCE_HELP.items():
+        start = flat.index(flag)
+        assert text in flat[start:start + 80], flag
     assert "-v" in out and "-n" in out and "--nat-only" in out
     # The reference's flags come first, ours after.
     assert out.index("--amqp-user") < out.index("--netns")

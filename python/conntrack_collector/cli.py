@@ -80,6 +80,12 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | Non
                       "max_content_width": 100},
     help="Watch the Linux connection-tracking table and publish every event as JSON "
          "to a RabbitMQ exchange.",
+    # The reference's help texts stay as they were; what they leave out is said here.
+    epilog="--amqp-host also takes the nodes of a cluster, `host[:port],...`, tried in order. "
+           "A password given with --amqp-password is visible in `ps`: prefer OWP_AMQP_PASSWORD "
+           "or the config file. Every flag can be set as OWP_<FLAG> (OWP_AMQP_HOST, ...) or in "
+           "conntrack-event-collector.yml (/etc/owp, /etc/config/owp, $HOME/.owp, .); a flag "
+           "wins over the environment, which wins over the file. See docs/cli.md.",
 )
 @click.option_panel("Flags", options=[
     "--amqp-ca", "--amqp-crt", "--amqp-exchange", "--amqp-host", "--amqp-key",
@@ -95,12 +101,10 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--amqp-crt", metavar="string", help="RabbitMQ client cert")
 @click.option("--amqp-exchange", metavar="string", default="conntrack", help="RabbitMQ Exchange")
 @click.option("--amqp-host", metavar="string", default="localhost",
-              help="RabbitMQ Host (a comma-separated list of cluster nodes, `host[:port]`, "
-                   "is tried in order)")
+              help="RabbitMQ Host")
 @click.option("--amqp-key", metavar="string", help="RabbitMQ client key")
 @click.option("--amqp-password", metavar="string", default="guest",
-              help="RabbitMQ password (visible in `ps` when given here: prefer "
-                   "OWP_AMQP_PASSWORD or the config file)")
+              help="RabbitMQ password")
 @click.option("--amqp-port", metavar="int", type=click.IntRange(1, 65535), default=5672,
               help="RabbitMQ Port")
 @click.option("--amqp-user", metavar="string", default="guest", help="RabbitMQ user")
