@@ -3,12 +3,16 @@ a broker refusing the credentials."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from netns_util import needs_root
+from collector_process import Collector
+from netns_util import conntrack_netns, flush_flows, needs_root, send_udp_flows
 from rabbitmq import needs_broker
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -50,3 +54,23 @@ def test_refused_credentials_one_line_and_non_zero_exit() -> None:
         "conntrack-event-collector: error: RabbitMQ at 127.0.0.1:5672 refused the credentials "
         "of user 'guest'")
     assert "wrong" not in done.stderr
+
+
+def test_output_stdout_is_one_json_object_per_line() -> None:
+    with conntrack_netns("stdout") as netns:
+        collector = Collector("--netns", netns, "--output", "stdout")
+        try:
+            collector.wait_listening()
+            send_udp_flows(netns, 3)
+            flush_flows(netns)
+            time.sleep(0.5)
+        finally:
+            code = collector.stop(signal.SIGINT)
+        assert collector.process.stdout is not None
+        lines = collector.process.stdout.read().splitlines()
+    assert code == 0, collector.log
+    events = [json.loads(line) for line in lines]
+    assert sorted(e["Type"] for e in events) == ["DESTROY"] * 3 + ["NEW"] * 3
+    assert list(events[0]) == ["Timestamp", "Type", "Id", "Original", "Reply", "UNREPLIED",
+                               "ASSURED"]
+    assert collector.summary() == {"received": 6, "delivered": 0, "not_delivered": 0}
