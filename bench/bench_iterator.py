@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_publish import conntrack_max, flush, namespace, process_cpu_s, send_flows  # noqa: E402
+from bench_publish import conntrack_max, flush, namespace, process_cpu_s, send_flows
 
 PHASE_S = 2.0
 QUIET_S = 2.0
@@ -71,7 +71,7 @@ class Result:
 
 
 def run_iterator(netns: str, types: str, as_json: bool, reliable: bool,
-                 make_events: "callable[[], tuple[int, float]]") -> dict[str, float]:  # type: ignore[valid-type]
+                 make_events: callable[[], tuple[int, float]]) -> dict[str, float]:  # type: ignore[valid-type]
     consumer = subprocess.Popen(
         [sys.executable, "-c", ITERATOR_CONSUMER, netns, types, "1" if as_json else "0",
          "1" if reliable else "0", str(QUIET_S)],
@@ -88,7 +88,7 @@ def run_iterator(netns: str, types: str, as_json: bool, reliable: bool,
 
 
 def run_conntrack_tool(netns: str, event: str,
-                       make_events: "callable[[], tuple[int, float]]") -> dict[str, float]:  # type: ignore[valid-type]
+                       make_events: callable[[], tuple[int, float]]) -> dict[str, float]:  # type: ignore[valid-type]
     tool = subprocess.Popen(
         ["ip", "netns", "exec", netns, "conntrack", "-E", "-e", event, "-o",
          "timestamp,extended,id", "--buffer-size", "15000000"],
@@ -117,7 +117,8 @@ def run_conntrack_tool(netns: str, event: str,
     count = len(seen)
     first, last = (seen[0], seen[-1]) if seen else (0.0, 0.0)
     cpu_s = process_cpu_s(tool.pid)
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{tool.pid}/status").open())
+    status = dict(line.split(":", 1)
+                  for line in Path(f"/proc/{tool.pid}/status").read_text().splitlines())
     tool.terminate()
     tool.wait(timeout=10)
     assert tool.stderr is not None
@@ -128,7 +129,7 @@ def run_conntrack_tool(netns: str, event: str,
             "overruns": errors.count("ENOBUFS")}
 
 
-def offer_at_rate(netns: str, rate: float, first_flow: int) -> "callable[[], tuple[int, float]]":  # type: ignore[valid-type]
+def offer_at_rate(netns: str, rate: float, first_flow: int) -> callable[[], tuple[int, float]]:  # type: ignore[valid-type]
     count = int(rate * PHASE_S) if rate else 200_000
 
     def make() -> tuple[int, float]:
@@ -139,7 +140,7 @@ def offer_at_rate(netns: str, rate: float, first_flow: int) -> "callable[[], tup
     return make
 
 
-def offer_burst(netns: str, flows: int) -> "callable[[], tuple[int, float]]":  # type: ignore[valid-type]
+def offer_burst(netns: str, flows: int) -> callable[[], tuple[int, float]]:  # type: ignore[valid-type]
     def make() -> tuple[int, float]:
         send_flows(netns, flows, 0, 0).wait()
         start = time.monotonic()

@@ -14,3 +14,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check maturin -r requirements-dev.txt
+
+# The integration tests publish to a RabbitMQ on 127.0.0.1:5672 (guest/guest).
+if ! rabbitmq-diagnostics -q check_running >/dev/null 2>&1; then
+    rabbitmq-server -detached
+    rabbitmqctl -q await_startup --timeout 120 >/dev/null
+fi

@@ -62,7 +62,7 @@ def test_differential_against_conntrack_tool(netns: str) -> None:
     theirs = [e for e in map(parse_line, text.splitlines()) if e is not None]
 
     comparable = [{k: v for k, v in e.items() if k != "Timestamp"} for e in ours]
-    key = lambda e: (e["Id"], e["Type"])  # noqa: E731
+    key = lambda e: (e["Id"], e["Type"])
     assert sorted(comparable, key=key) == sorted(theirs, key=key)
     # Every kind of traffic was seen, both ways, with counters on DESTROY.
     protocols = Counter((e["Type"], e["Original"]["Layer4"]["Protoname"],

@@ -17,10 +17,12 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, Union
 
+from typing_extensions import Self
+
 from . import _native
 from ._native import ConntrackError, decode_datagram
 
-__all__ = ["ConntrackError", "EventStream", "Event", "decode_datagram", "events", "__version__"]
+__all__ = ["ConntrackError", "Event", "EventStream", "__version__", "decode_datagram", "events"]
 __version__: str = _native.__version__
 
 logger = logging.getLogger("conntrack_collector")
@@ -97,7 +99,7 @@ class EventStream:
         """Stops and joins the reader thread. Events still queued are discarded."""
         self._native.close()
 
-    def __enter__(self) -> EventStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

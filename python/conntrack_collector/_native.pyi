@@ -2,11 +2,13 @@
 
 import os
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
+
+from typing_extensions import Self, TypeAlias
 
 __version__: str
 
-Event = Union[dict[str, Any], bytes]
+Event: TypeAlias = dict[str, Any] | bytes
 
 class ConntrackError(Exception):
     """Base class of the errors conntrack_collector raises itself (a kernel without
@@ -25,7 +27,7 @@ class EventStream:
         self,
         types: Sequence[str] = ("NEW", "DESTROY"),
         *,
-        netns: Union[str, os.PathLike[str], None] = None,
+        netns: str | os.PathLike[str] | None = None,
         nat_only: bool = False,
         buffer_bytes: int = 15_000_000,
         reliable: bool = False,
@@ -35,18 +37,18 @@ class EventStream:
     @property
     def startup_warnings(self) -> list[str]:
         """One line per kernel setting that makes events incomplete or missing."""
-    def __iter__(self) -> "EventStream": ...
+    def __iter__(self) -> EventStream: ...
     def __next__(self) -> Event:
         """Waits for the next event with the GIL released, in slices of 50 ms; raises
         KeyboardInterrupt on Ctrl-C without losing a received event."""
-    def poll(self, timeout_s: float) -> Union[Event, None]:
+    def poll(self, timeout_s: float) -> Event | None:
         """One event, or None if none arrives within `timeout_s` seconds."""
     def stats(self) -> dict[str, int]:
         """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
         buffer_bytes."""
     def close(self) -> None:
         """Stops and joins the reader thread; queued events are discarded."""
-    def __enter__(self) -> "EventStream": ...
+    def __enter__(self) -> Self: ...
     def __exit__(self, *args: object) -> bool: ...
 
 def decode_datagram(
