@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup install test test-rust test-python fuzz lint bench wheels test-cross clean
+.PHONY: setup install run test test-rust test-python fuzz lint bench wheels test-cross clean
 
 # Debian packages, Python tools and the package itself; safe to run again.
 setup:
@@ -10,6 +10,10 @@ setup:
 
 install:
 	$(PYTHON) -m pip install --quiet .
+
+# The collector, installed first; flags in ARGS, e.g. make run ARGS="--output stdout -v".
+run: setup install
+	conntrack-event-collector $(ARGS)
 
 test: setup install test-rust test-python
 
@@ -31,6 +35,7 @@ lint:
 
 bench: setup install
 	$(PYTHON) bench/bench_iterator.py
+	$(PYTHON) bench/bench_publish.py
 
 wheels:
 	bash cross/build-wheels.sh

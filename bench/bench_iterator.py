@@ -4,8 +4,8 @@ Run as root from the repository (`make bench`, about 4 minutes):
 
     python3 bench/bench_iterator.py [--rates 10000,20000,50000,100000,0] [--burst 200000]
 
-Each phase offers UDP flows at a fixed rate (0: as fast as one sender can) for 2 s inside a
-namespace of its own, and counts the NEW events that reach the consumer:
+Each phase offers UDP flows at a fixed rate for 2 s (or, at rate 0, 200k flows as fast as
+bench/flood.py's sendmmsg makes them) inside a namespace of its own, and counts the NEW events that reach the consumer:
   - `dict`: `EventStream(("NEW",))` in its own process, iterating dicts;
   - `json`: the same with `as_json=True` (the publisher's fast path);
   - `conntrack`: `conntrack -E -e NEW -o timestamp,extended,id --buffer-size 15000000` writing
@@ -134,7 +134,10 @@ def offer_at_rate(netns: str, rate: float, first_flow: int) -> callable[[], tupl
 
     def make() -> tuple[int, float]:
         start = time.monotonic()
-        send_flows(netns, count, rate, first_flow).wait()
+        if rate:
+            send_flows(netns, count, rate, first_flow).wait()
+        else:
+            flood(netns, count)
         return count, count / (time.monotonic() - start)
 
     return make
@@ -142,12 +145,18 @@ def offer_at_rate(netns: str, rate: float, first_flow: int) -> callable[[], tupl
 
 def offer_burst(netns: str, flows: int) -> callable[[], tuple[int, float]]:  # type: ignore[valid-type]
     def make() -> tuple[int, float]:
-        send_flows(netns, flows, 0, 0).wait()
+        flood(netns, flows)
         start = time.monotonic()
         flush(netns)
         return flows, flows / (time.monotonic() - start)
 
     return make
+
+
+def flood(netns: str, count: int) -> None:
+    """`count` flows as fast as sendmmsg makes them (bench/flood.py)."""
+    subprocess.run(["ip", "netns", "exec", netns, sys.executable,
+                    str(Path(__file__).with_name("flood.py")), str(count)], check=True)
 
 
 def as_result(phase: str, consumer: str, raw: dict[str, float]) -> Result:

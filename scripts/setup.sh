@@ -13,6 +13,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Building the extension needs Rust 1.82 or later: rustup's if present, else Debian's
+# rustc-web (bookworm-security carries a current one).
+if ! command -v cargo >/dev/null && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rustc-web cargo-web
+fi
+
 python3 -m pip install --quiet --disable-pip-version-check maturin -r requirements-dev.txt
 
 # The integration tests publish to a RabbitMQ on 127.0.0.1:5672 (guest/guest).
