@@ -15,12 +15,14 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Union
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, Any, Union
 
 from . import _native
 from ._native import ConntrackError, decode_datagram
+
+if TYPE_CHECKING:
+    # Annotations only: typing_extensions is not a runtime dependency.
+    from typing_extensions import Self
 
 __all__ = ["ConntrackError", "Event", "EventStream", "__version__", "decode_datagram", "events"]
 __version__: str = _native.__version__
