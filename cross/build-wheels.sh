@@ -2,7 +2,7 @@
 # `make wheels`: the four wheels, built here without Docker, into cross/out/.
 #   x86_64       manylinux_2_17 (zig links against glibc 2.17 symbols)
 #   armv7        manylinux_2_17_armv7l (zig; Allwinner A20 class boards, Debian/Armbian/Raspbian)
-#   mipsel gnu   linux_mips (Debian mipsel; pip has no manylinux tags for mips)
+#   mipsel gnu   linux_mips (Debian mipsel, glibc >= 2.17; pip has no manylinux tags for mips)
 #   mipsel musl  musllinux_1_2_mips (OpenWrt: musl, soft-float, MIPS32r2 e.g. 1004Kc)
 # Usage: cross/build-wheels.sh [x86_64|armv7|mipsel|mipsel-musl ...]   (default: all)
 set -euo pipefail
@@ -55,11 +55,12 @@ for target in "${targets[@]}"; do
         publish armv7 '*_armv7l.whl'
         ;;
     mipsel)
-        # Tier 3: build-std. Debian's cross gcc links against Debian's mipsel glibc.
+        # Tier 3: build-std. zig links against glibc 2.17's symbols, so the wheel also loads on
+        # Debian 10/11 (Debian's own cross gcc would need glibc 2.34). maturin knows no manylinux
+        # policy for mipsel, hence no audit; the tag is replaced below anyway.
         ( use_debian_rust
-          export CARGO_TARGET_MIPSEL_UNKNOWN_LINUX_GNU_LINKER=mipsel-linux-gnu-gcc
-          build mipsel --target mipsel-unknown-linux-gnu --compatibility linux \
-              -Z build-std=std,panic_abort )
+          build mipsel --target mipsel-unknown-linux-gnu --zig --compatibility manylinux_2_17 \
+              --auditwheel skip -Z build-std=std,panic_abort )
         # maturin says linux_mipsel; pip on mipsel (uname -m = mips) wants linux_mips.
         publish mipsel '*-linux_mips.whl' linux_mips
         ;;

@@ -12,7 +12,8 @@ mipsel) kernel=linux-image-4kc-malta ;;
 *) die "unknown architecture $arch" ;;
 esac
 root="$WORK_DIR/root-$arch"
-packages=busybox-static,coreutils,python3,python3-pip,kmod,nftables,iproute2,conntrack,$kernel
+# python3-yaml: PyPI has no PyYAML wheel for these architectures; Debian's satisfies PyYAML>=6.
+packages=busybox-static,coreutils,python3,python3-pip,python3-yaml,kmod,nftables,iproute2,conntrack,$kernel
 
 # The host's own Debian mirror (deb822 or one-line sources), else mmdebstrap's default.
 mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
@@ -33,6 +34,14 @@ elif ! { [ -n "$security" ] && try "deb $mirror bookworm main" "deb $mirror book
     log "root $arch: retrying without bookworm-security"
     try "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
         || { tail -20 "$WORK_DIR/mmdebstrap-$arch.log"; die "mmdebstrap $arch failed"; }
+fi
+
+# The host's CA bundle, so the target's pip can reach the package index over TLS
+# (update-ca-certificates did not run either).
+ca_bundle=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
+if [ -f "$ca_bundle" ]; then
+    mkdir -p "$root/etc/ssl/certs"
+    cp "$ca_bundle" "$root/etc/ssl/certs/ca-certificates.crt"
 fi
 
 # depmod did not run (no maintainer scripts); the host's kmod reads any architecture's modules.

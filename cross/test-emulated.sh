@@ -53,7 +53,7 @@ cargo_test() {
          esac
          export "${var}_RUNNER=$runner"
          cargo test --locked --target "$target" -Z build-std=std,panic_abort ) >"$logf" 2>&1; then
-        pass "cargo test $target under qemu-user: $(grep -E '^test result:' "$logf" | tr '\n' ' ') ($((SECONDS - t0)) s)"
+        pass "cargo test $target under qemu-user: $(grep -m1 -E '^test result:' "$logf") ($((SECONDS - t0)) s)"
     else
         tail -40 "$logf" >&2
         fail "cargo test $target under qemu-user (see $logf)"
@@ -67,14 +67,32 @@ install_in_root() {
     bash "$CROSS_DIR/make-root.sh" "$arch" || { fail "$arch: root (mmdebstrap)"; return 1; }
     cp "$wheel" "$root/tmp/"
     log "$arch: the target's pip installs $(basename "$wheel") (chroot, qemu-user)"
-    # Debian marks its Python externally managed; this root is a throwaway.
-    if chroot "$root" /usr/bin/python3 -m pip install --no-index --no-deps --no-cache-dir \
-            --break-system-packages "/tmp/$(basename "$wheel")" >"$WORK_DIR/pip-$arch.log" 2>&1; then
-        pass "$arch: pip $(chroot "$root" /usr/bin/python3 -m pip --version | cut -d' ' -f2) installed $(basename "$wheel")"
+    # As a user would: the wheel and its dependencies from PyPI (pure Python wheels; PyYAML is
+    # Debian's), binary only so nothing compiles under emulation. Debian marks its Python
+    # externally managed; this root is a throwaway.
+    local whl_in_root="/tmp/$(basename "$wheel")"
+    if chroot "$root" /usr/bin/python3 -m pip install --no-cache-dir --no-compile --only-binary=:all: \
+            --break-system-packages --disable-pip-version-check "$whl_in_root" \
+            >"$WORK_DIR/pip-$arch.log" 2>&1; then
+        pass "$arch: pip $(chroot "$root" /usr/bin/python3 -m pip --version | cut -d' ' -f2) installed $(basename "$wheel") and its dependencies: $(grep '^Successfully installed' "$WORK_DIR/pip-$arch.log" | cut -d' ' -f3-)"
     else
-        cat "$WORK_DIR/pip-$arch.log" >&2
-        fail "$arch: pip install $(basename "$wheel")"
-        return 1
+        tail -20 "$WORK_DIR/pip-$arch.log" >&2
+        fail "$arch: pip install $(basename "$wheel") with its dependencies (see $WORK_DIR/pip-$arch.log)"
+        # The wheel alone still shows whether the target's pip accepts its tag.
+        if chroot "$root" /usr/bin/python3 -m pip install --no-index --no-deps --no-cache-dir \
+                --break-system-packages "$whl_in_root" >>"$WORK_DIR/pip-$arch.log" 2>&1; then
+            pass "$arch: pip installed $(basename "$wheel") alone (--no-deps)"
+        else
+            tail -20 "$WORK_DIR/pip-$arch.log" >&2
+            fail "$arch: pip install $(basename "$wheel")"
+            return 1
+        fi
+    fi
+    if chroot "$root" /usr/local/bin/conntrack-event-collector --help >"$WORK_DIR/cli-$arch.log" 2>&1; then
+        pass "$arch: conntrack-event-collector --help runs under qemu-user ($(grep -c -- '--amqp-' "$WORK_DIR/cli-$arch.log") --amqp-* options listed)"
+    else
+        tail -20 "$WORK_DIR/cli-$arch.log" >&2
+        fail "$arch: conntrack-event-collector --help under qemu-user"
     fi
     # Import, and decode every golden capture as the reader would, against the manifest.
     mkdir -p "$root/tmp/testdata"
