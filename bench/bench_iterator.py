@@ -4,8 +4,8 @@ Run as root from the repository (`make bench`, about 4 minutes):
 
     python3 bench/bench_iterator.py [--rates 10000,20000,50000,100000,0] [--burst 200000]
 
-Each phase offers UDP flows at a fixed rate for 2 s (or, at rate 0, 200k flows as fast as
-bench/flood.py's sendmmsg makes them) inside a namespace of its own, and counts the NEW events that reach the consumer:
+Each phase offers UDP flows at a fixed rate for 2 s (or, at rate 0, `--max-flows` flows as
+fast as bench/flood.py's sendmmsg makes them) inside a namespace of its own, and counts the NEW events that reach the consumer:
   - `dict`: `EventStream(("NEW",))` in its own process, iterating dicts;
   - `json`: the same with `as_json=True` (the publisher's fast path);
   - `conntrack`: `conntrack -E -e NEW -o timestamp,extended,id --buffer-size 15000000` writing
@@ -129,13 +129,13 @@ def run_conntrack_tool(netns: str, event: str,
             "overruns": errors.count("ENOBUFS")}
 
 
-def offer_at_rate(netns: str, rate: float, first_flow: int) -> callable[[], tuple[int, float]]:  # type: ignore[valid-type]
-    count = int(rate * PHASE_S) if rate else 200_000
+def offer_at_rate(netns: str, rate: float, max_flows: int) -> callable[[], tuple[int, float]]:  # type: ignore[valid-type]
+    count = int(rate * PHASE_S) if rate else max_flows
 
     def make() -> tuple[int, float]:
         start = time.monotonic()
         if rate:
-            send_flows(netns, count, rate, first_flow).wait()
+            send_flows(netns, count, rate, 0).wait()
         else:
             flood(netns, count)
         return count, count / (time.monotonic() - start)
@@ -176,17 +176,19 @@ def main() -> None:
     parser.add_argument("--rates", default="10000,20000,50000,100000,0",
                         help="offered flows/s per phase, 0 = as fast as possible")
     parser.add_argument("--burst", type=int, default=200_000, help="flows in the burst (0: none)")
+    parser.add_argument("--max-flows", type=int, default=600_000,
+                        help="flows of the rate-0 phase: enough to outlast the socket buffers")
     parser.add_argument("--out", type=Path, default=Path("bench/results/iterator.json"))
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
 
     results: list[Result] = []
-    with conntrack_max(max(args.burst, 200_000) + 50_000):
+    with conntrack_max(max(args.burst, args.max_flows) + 50_000):
         for rate in rates:
             phase = f"{int(rate)}/s" if rate else "max"
             for consumer in ("dict", "json", "conntrack"):
                 with namespace() as netns:
-                    offer = offer_at_rate(netns, rate, 0)
+                    offer = offer_at_rate(netns, rate, args.max_flows)
                     if consumer == "conntrack":
                         raw = run_conntrack_tool(netns, "NEW", offer)
                     else:
