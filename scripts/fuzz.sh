@@ -30,5 +30,5 @@ cargo fuzz run --sanitizer "$sanitizer" decode "$corpus" -- \
     -timeout=10 \
     -rss_limit_mb=2048 \
     -max_len=4096 \
-    -jobs="$jobs" -workers="$jobs" \
+    $([ "$jobs" -gt 1 ] && echo -jobs="$jobs" -workers="$jobs") \
     -print_final_stats=1
