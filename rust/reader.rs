@@ -228,10 +228,14 @@ fn read_loop(
         let timestamp_ms = now_ms();
         let received = datagram.get(..length).unwrap_or(&[]);
         for message in decode::split_messages(received) {
-            let event = match message.and_then(|m| decode::decode(m, timestamp_ms)) {
-                Ok(event) => event,
-                Err(Skip::NotAnEvent) => continue,
-                Err(Skip::Malformed(_)) => {
+            // A panic in the decoder (a bug, on input the fuzzer never tried) costs one
+            // message, not the stream.
+            let decoded =
+                std::panic::catch_unwind(|| message.and_then(|m| decode::decode(m, timestamp_ms)));
+            let event = match decoded {
+                Ok(Ok(event)) => event,
+                Ok(Err(Skip::NotAnEvent)) => continue,
+                Ok(Err(Skip::Malformed(_))) | Err(_) => {
                     queue.count(|s| s.decode_errors += 1);
                     continue;
                 }
