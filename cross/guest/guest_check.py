@@ -102,6 +102,22 @@ def flush() -> None:
     subprocess.run(["conntrack", "-F"], capture_output=True, check=False)
 
 
+def ctnetlink_listeners() -> int:
+    """NETLINK_NETFILTER (12) sockets that joined multicast groups: event listeners."""
+    with open("/proc/net/netlink") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for row in rows if len(row) > 3 and row[1] == "12" and int(row[3], 16) != 0)
+
+
+def wait_for(condition: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def drain(stream: Any, quiet_s: float) -> list[dict[str, Any]]:
     events = []
     while (event := stream.poll(quiet_s)) is not None:
@@ -121,7 +137,9 @@ def correctness(conntrack_collector: Any) -> None:
     with conntrack_collector.EventStream(("NEW", "DESTROY")) as stream:
         for warning in stream.startup_warnings:
             say(f"startup warning: {warning}")
-        time.sleep(1.0)  # conntrack -E must subscribe before the flows exist
+        # conntrack -E must subscribe before the flows exist; under emulation on a busy host
+        # its start can take seconds.
+        check(wait_for(lambda: ctnetlink_listeners() >= 2, 60), "conntrack -E subscribed")
         flows[("tcp", "ipv4")] = tcp(socket.AF_INET, "127.0.0.1")
         flows[("tcp", "ipv6")] = tcp(socket.AF_INET6, "::1")
         flows[("udp", "ipv4")] = udp(socket.AF_INET, "127.0.0.1")
@@ -132,7 +150,12 @@ def correctness(conntrack_collector: Any) -> None:
         flush()
         events = drain(stream, 3.0)
         results["correctness_stats"] = stream.stats()
-    time.sleep(1.0)
+    # Let the tool print all it received (line-buffered) before stopping it.
+    def tool_lines() -> int:
+        with open("/tmp/conntrack-E.txt") as f:
+            return sum(1 for line in f if line.startswith("["))
+    wait_for(lambda: tool_lines() >= len(events), 20)
+    time.sleep(0.5)
     tool.terminate()
     tool.wait(10)
     tool_out.close()
