@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # `make test-cross` (after `make wheels`): the proofs that the cross wheels work.
-#   cargo-test   the crate's Rust tests built for armv7 and mipsel, run under qemu-user
-#   armhf        armv7 wheel: the target's pip installs it into a Debian armhf root (qemu-user
-#                chroot), Python imports it and decodes the golden captures; then Debian's armmp
-#                kernel boots under qemu-system-arm and EventStream yields real NEW/DESTROY events
-#   mipsel       the same for the mipsel (gnu) wheel, Debian's 4kc-malta kernel, qemu-system-mipsel
-#   musl         mipsel-musl wheel (OpenWrt): ELF checks (MIPS32r2, o32, soft-float, musl only);
-#                the Rust core as a static musl soft-float binary, which the mipsel guest runs
-#                against its real kernel (no musl Python for MIPS is reachable here)
+#   cargo-test   the crate's Rust tests built for armv7, mipsel (glibc) and mipsel (musl,
+#                static, soft-float), run under qemu-user
+#   armhf        armv7 wheel: the target's pip installs it with its dependencies into a Debian
+#                armhf root (qemu-user chroot), the CLI runs, Python imports it and decodes the
+#                golden captures exactly as x86_64 does; then Debian's armmp kernel boots under
+#                qemu-system-arm and EventStream yields real NEW/DESTROY events, checked field
+#                by field and against the guest's own `conntrack -E`, and measured
+#   musl         mipsel-musl wheel (OpenWrt): ELF checks (MIPS32r2, o32, soft-float, musl only),
+#                and the Rust core built as a static musl soft-float binary (cross/musl-probe)
+#                for the mipsel guest to run against its real kernel (no musl Python for MIPS
+#                is reachable here)
+#   mipsel       as armhf, for the mipsel (glibc) wheel, Debian's 4kc-malta kernel and
+#                qemu-system-mipsel; the guest also runs the musl probe
+# See docs/cross.md.
 # Usage: cross/test-emulated.sh [cargo-test] [armhf] [musl] [mipsel]    (default: all)
 # Writes cross/out/emulated-report.txt; exits non-zero if any proof failed.
 set -euo pipefail
