@@ -182,6 +182,9 @@ impl EventSocket {
     }
 
     /// Bounds every `recv`, so the reader thread sees a stop request in time.
+    // musl's libc crate marks time_t deprecated (its width changes in musl 1.2); timeval
+    // still takes it, and the value fits either width.
+    #[allow(deprecated)]
     pub fn set_receive_timeout(&self, timeout: Duration) -> io::Result<()> {
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as libc::time_t,
