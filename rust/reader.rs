@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -104,22 +105,36 @@ impl Stream {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("conntrack-reader".into())
-                .spawn(move || match subscribe(&options, netns) {
-                    Ok((socket, started)) => {
-                        let _ = ready_tx.send(Ok(started));
-                        let failure = read_loop(&socket, &options, &queue, &stop).err();
-                        queue.finish(failure);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        queue.finish(None);
-                    }
+                .spawn(move || {
+                    // Whatever happens here, the consumer must learn that the stream ended,
+                    // or it would wait forever.
+                    let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        match subscribe(&options, netns) {
+                            Ok((socket, started)) => {
+                                let _ = ready_tx.send(Ok(started));
+                                read_loop(&socket, &options, &queue, &stop).err()
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                None
+                            }
+                        }
+                    }));
+                    queue.finish(run.unwrap_or_else(|_| {
+                        Some(Error::os(
+                            "the reader thread stopped",
+                            std::io::Error::other("it panicked"),
+                        ))
+                    }));
                 })
                 .map_err(|e| Error::os("cannot start the reader thread", e))?
         };
-        let started = ready_rx
-            .recv()
-            .unwrap_or_else(|_| Err(Error::InvalidArgument("the reader thread died".into())));
+        let started = ready_rx.recv().unwrap_or_else(|_| {
+            Err(Error::os(
+                "the reader thread ended before subscribing",
+                std::io::Error::other("it panicked"),
+            ))
+        });
         let mut stream = Stream {
             queue,
             stop,
