@@ -176,6 +176,7 @@ make_initramfs() {
     cp "$CROSS_DIR/guest/guest_check.py" "$stage/cross-test/"
     # The parser of `conntrack -E` output that the host's differential test uses.
     if [ -f tests/conntrack_text.py ]; then cp tests/conntrack_text.py "$stage/cross-test/"; fi
+    cp tests/traffic.py "$stage/cross-test/"
     if [ "$arch" = mipsel ] && [ -x "$WORK_DIR/musl-probe-bin" ]; then
         cp "$WORK_DIR/musl-probe-bin" "$stage/cross-test/musl-probe"
     fi

@@ -1,5 +1,6 @@
 """Real traffic for the tests: run as a script inside a namespace (`ip netns exec NS python3
-traffic.py KIND...`). Each kind makes one complete, answered flow on loopback."""
+traffic.py KIND...`), or imported (the qemu guests of cross/ do). Each kind makes one complete,
+answered flow on loopback."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ PORT = 5001
 TIMEOUT_S = 5
 
 
-def tcp(family: int, host: str) -> None:
+def tcp(family: int, host: str) -> tuple[int, int]:
+    """One answered TCP connection; returns its (source port, destination port)."""
     with socket.socket(family, socket.SOCK_STREAM) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.settimeout(TIMEOUT_S)
         server.bind((host, PORT))
         server.listen()
@@ -28,12 +31,15 @@ def tcp(family: int, host: str) -> None:
         thread = threading.Thread(target=answer)
         thread.start()
         with socket.create_connection((host, PORT), timeout=TIMEOUT_S) as client:
+            sport = client.getsockname()[1]
             client.sendall(b"hello conntrack")
             client.recv(100)
         thread.join()
+    return sport, PORT
 
 
-def udp(family: int, host: str) -> None:
+def udp(family: int, host: str) -> tuple[int, int]:
+    """One UDP datagram and its answer; returns the flow's (source port, destination port)."""
     with socket.socket(family, socket.SOCK_DGRAM) as server, socket.socket(
         family, socket.SOCK_DGRAM
     ) as client:
@@ -45,6 +51,7 @@ def udp(family: int, host: str) -> None:
         data, peer = server.recvfrom(100)
         server.sendto(data, peer)
         client.recvfrom(100)
+    return PORT + 2, PORT + 1
 
 
 def checksum(data: bytes) -> int:

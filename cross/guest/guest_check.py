@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -22,9 +21,8 @@ import traceback
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from traffic import icmp, icmpv6, tcp, udp  # tests/traffic.py, copied beside this file
 
-TCP_PORT = 5001
-UDP_PORT = 5002
 results: dict[str, Any] = {"machine": platform.machine(), "kernel": platform.release()}
 failures: list[str] = []
 
@@ -37,65 +35,6 @@ def check(condition: bool, what: str) -> None:
     if not condition:
         failures.append(what)
         say(f"FAILED: {what}")
-
-
-# --- traffic: one complete, answered flow of each kind ---------------------------------------
-
-def tcp(family: int, host: str) -> tuple[int, int]:
-    with socket.socket(family, socket.SOCK_STREAM) as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((host, TCP_PORT))
-        server.listen()
-
-        def answer() -> None:
-            conn, _ = server.accept()
-            with conn:
-                conn.sendall(conn.recv(100).upper())
-
-        thread = threading.Thread(target=answer)
-        thread.start()
-        with socket.create_connection((host, TCP_PORT)) as client:
-            sport = client.getsockname()[1]
-            client.sendall(b"hello conntrack")
-            client.recv(100)
-        thread.join()
-    return sport, TCP_PORT
-
-
-def udp(family: int, host: str) -> tuple[int, int]:
-    with socket.socket(family, socket.SOCK_DGRAM) as server, socket.socket(
-        family, socket.SOCK_DGRAM
-    ) as client:
-        server.bind((host, UDP_PORT))
-        client.sendto(b"ping", (host, UDP_PORT))
-        data, peer = server.recvfrom(100)
-        server.sendto(data, peer)
-        client.recvfrom(100)
-        return client.getsockname()[1], UDP_PORT
-
-
-def icmp_checksum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-
-
-def icmp() -> None:
-    header = struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1) + b"conntrack-test"
-    packet = header[:2] + struct.pack("!H", icmp_checksum(header)) + header[4:]
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
-        s.settimeout(5)
-        s.sendto(packet, ("127.0.0.1", 0))
-        s.recvfrom(200)  # our own request first, then the kernel's reply
-        s.recvfrom(200)
-
-
-def icmpv6() -> None:
-    packet = struct.pack("!BBHHH", 128, 0, 0, 0x4343, 1) + b"conntrack-test"
-    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
-        s.settimeout(5)
-        s.sendto(packet, ("::1", 0))
-        s.recvfrom(200)
 
 
 def flush() -> None:
