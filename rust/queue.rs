@@ -93,7 +93,12 @@ impl Queue {
         let queued = state.events.len() as u64;
         state.stats.peak_queued = state.stats.peak_queued.max(queued);
         drop(state);
-        self.not_empty.notify_one();
+        // A consumer waits only on an empty queue; waking it costs a system call, so only
+        // the event that ends the emptiness does. (Several consumers still progress: each
+        // wait is bounded.)
+        if queued == 1 {
+            self.not_empty.notify_one();
+        }
         true
     }
 
@@ -105,8 +110,12 @@ impl Queue {
             if let Some(event) = state.events.pop_front() {
                 state.stats.delivered += 1;
                 let overruns = state.stats.overruns;
+                // The reader waits only on a full queue: wake it only when this made room.
+                let was_full = state.events.len() + 1 == self.capacity;
                 drop(state);
-                self.not_full.notify_one();
+                if was_full {
+                    self.not_full.notify_one();
+                }
                 return Pop::Event(event, overruns);
             }
             if state.ended {

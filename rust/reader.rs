@@ -21,8 +21,10 @@ use crate::socket::{EventSocket, Received};
 
 /// How long one `recv` may block, so a stop request is seen within this time.
 const RECV_SLICE: Duration = Duration::from_millis(50);
-/// Big enough for any single netlink datagram ctnetlink sends.
-const DATAGRAM_BYTES: usize = 64 * 1024;
+/// Big enough for any single ctnetlink event datagram (they are under 2 KiB).
+const DATAGRAM_BYTES: usize = 16 * 1024;
+/// Datagrams taken per system call in a burst.
+const BATCH_DATAGRAMS: usize = 32;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -229,10 +231,11 @@ fn read_loop(
     queue: &Queue,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let mut datagram = vec![0u8; DATAGRAM_BYTES];
+    let mut slots = vec![0u8; BATCH_DATAGRAMS * DATAGRAM_BYTES];
+    let mut lengths = [None; BATCH_DATAGRAMS];
     while !stop.load(Ordering::Relaxed) {
-        let length = match socket.recv(&mut datagram) {
-            Ok(Received::Datagram(length)) => length,
+        let count = match socket.recv_batch(&mut slots, DATAGRAM_BYTES, &mut lengths) {
+            Ok(Received::Datagrams(count)) => count,
             Ok(Received::Timeout) => continue,
             Ok(Received::Overrun) => {
                 queue.count(|s| s.overruns += 1);
@@ -241,30 +244,49 @@ fn read_loop(
             Err(e) => return Err(Error::os("reading conntrack events failed", e)),
         };
         let timestamp_ms = now_ms();
-        let received = datagram.get(..length).unwrap_or(&[]);
-        for message in decode::split_messages(received) {
-            // A panic in the decoder (a bug, on input the fuzzer never tried) costs one
-            // message, not the stream.
-            let decoded =
-                std::panic::catch_unwind(|| message.and_then(|m| decode::decode(m, timestamp_ms)));
-            let event = match decoded {
-                Ok(Ok(event)) => event,
-                Ok(Err(Skip::NotAnEvent)) => continue,
-                Ok(Err(Skip::Malformed(_))) | Err(_) => {
-                    queue.count(|s| s.decode_errors += 1);
-                    continue;
-                }
+        for (slot, length) in slots.chunks(DATAGRAM_BYTES).zip(lengths).take(count) {
+            let Some(datagram) = length.and_then(|length| slot.get(..length)) else {
+                queue.count(|s| s.decode_errors += 1); // larger than a slot: cut short
+                continue;
             };
-            let wanted = options.types.contains(&event.event_type)
-                && (!options.nat_only || event.is_src_nat());
-            if !wanted {
-                queue.count(|s| s.filtered += 1);
-            } else if !queue.push(event, stop) {
+            if !handle_datagram(datagram, timestamp_ms, options, queue, stop) {
                 return Ok(());
             }
         }
     }
     Ok(())
+}
+
+/// Decodes, filters and queues one datagram's events; false when stopped while waiting.
+fn handle_datagram(
+    datagram: &[u8],
+    timestamp_ms: u64,
+    options: &Options,
+    queue: &Queue,
+    stop: &AtomicBool,
+) -> bool {
+    for message in decode::split_messages(datagram) {
+        // A panic in the decoder (a bug, on input the fuzzer never tried) costs one
+        // message, not the stream.
+        let decoded =
+            std::panic::catch_unwind(|| message.and_then(|m| decode::decode(m, timestamp_ms)));
+        let event = match decoded {
+            Ok(Ok(event)) => event,
+            Ok(Err(Skip::NotAnEvent)) => continue,
+            Ok(Err(Skip::Malformed(_))) | Err(_) => {
+                queue.count(|s| s.decode_errors += 1);
+                continue;
+            }
+        };
+        let wanted =
+            options.types.contains(&event.event_type) && (!options.nat_only || event.is_src_nat());
+        if !wanted {
+            queue.count(|s| s.filtered += 1);
+        } else if !queue.push(event, stop) {
+            return false;
+        }
+    }
+    true
 }
 
 fn now_ms() -> u64 {

@@ -20,8 +20,8 @@ const NLMSG_ERROR: u16 = 2;
 
 /// What one `recv` gave.
 pub enum Received {
-    /// This many bytes of one datagram (one or more netlink messages).
-    Datagram(usize),
+    /// This many datagrams, each holding one or more netlink messages.
+    Datagrams(usize),
     /// Nothing arrived within the receive timeout.
     Timeout,
     /// The kernel dropped events because the socket buffer was full (ENOBUFS).
@@ -77,11 +77,13 @@ impl EventSocket {
             ));
         }
         let mut reply = [0u8; 4096];
+        let mut length = [None];
         for _ in 0..4 {
-            let Ok(Received::Datagram(n)) = socket.recv(&mut reply) else {
+            let Ok(Received::Datagrams(1)) = socket.recv_batch(&mut reply, 4096, &mut length)
+            else {
                 return Ok(());
             };
-            let reply = reply.get(..n).unwrap_or(&[]);
+            let reply = reply.get(..length[0].unwrap_or(0)).unwrap_or(&[]);
             let message_type = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
             if message_type != Some(NLMSG_ERROR) {
                 continue;
@@ -193,26 +195,56 @@ impl EventSocket {
         self.set_raw(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
     }
 
-    pub fn recv(&self, buffer: &mut [u8]) -> io::Result<Received> {
+    /// Receives up to `lengths.len()` datagrams in one system call (a burst costs one call
+    /// per batch, not per event): datagram `i` lands in `slots.chunks(slot_bytes)[i]` and its
+    /// length in `lengths[i]` (`None` when it did not fit its slot). Waits, within the receive
+    /// timeout, only for the first.
+    pub fn recv_batch(
+        &self,
+        slots: &mut [u8],
+        slot_bytes: usize,
+        lengths: &mut [Option<usize>],
+    ) -> io::Result<Received> {
+        let mut iovecs: Vec<libc::iovec> = slots
+            .chunks_mut(slot_bytes)
+            .take(lengths.len())
+            .map(|slot| libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: slot.len(),
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .map(|iovec| {
+                // SAFETY: msghdr and mmsghdr are plain data; zero is valid for every field.
+                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                header.msg_hdr.msg_iov = iovec;
+                header.msg_hdr.msg_iovlen = 1;
+                header
+            })
+            .collect();
         loop {
-            // SAFETY: the pointer and length describe `buffer`, alive for the call.
+            // SAFETY: `headers` and the iovecs and slots they point to outlive the call.
             let n = unsafe {
-                libc::recv(
+                libc::recvmmsg(
                     self.fd.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    0,
+                    headers.as_mut_ptr(),
+                    headers.len() as _,
+                    libc::MSG_WAITFORONE as _,
+                    std::ptr::null_mut(),
                 )
             };
             if n >= 0 {
-                return Ok(Received::Datagram(n as usize));
+                let received = headers.iter().take(n as usize);
+                for (length, header) in lengths.iter_mut().zip(received) {
+                    let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+                    *length = (!truncated).then_some(header.msg_len as usize);
+                }
+                return Ok(Received::Datagrams(n as usize));
             }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(Received::Timeout),
-                Some(libc::ENOBUFS) => return Ok(Received::Overrun),
-                _ => return Err(err),
+            match receive_error()? {
+                Some(received) => return Ok(received),
+                None => continue,
             }
         }
     }
@@ -255,6 +287,17 @@ impl EventSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(value)
+    }
+}
+
+/// What a failed receive means: `None` to try again (EINTR), or a timeout, an overrun, an error.
+fn receive_error() -> io::Result<Option<Received>> {
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINTR) => Ok(None),
+        Some(libc::EAGAIN) => Ok(Some(Received::Timeout)),
+        Some(libc::ENOBUFS) => Ok(Some(Received::Overrun)),
+        _ => Err(err),
     }
 }
 
