@@ -50,12 +50,13 @@ def conntrack_netns(prefix: str) -> Iterator[str]:
 
 
 def send_udp_flows(netns: str, count: int, first_port: int = 20000) -> None:
-    """`count` new UDP flows to 127.0.0.1 inside `netns`, one datagram each."""
+    """`count` new UDP flows inside `netns`, one datagram each, to ports `first_port` and up
+    of 127.0.0.1; past port 59999 they go on at 20000 of 127.0.0.2, and so on."""
     script = (
         "import socket\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        f"for port in range({first_port}, {first_port + count}):\n"
-        "    s.sendto(b'x', ('127.0.0.1', port))\n"
+        f"for n in range({first_port - 20000}, {first_port - 20000 + count}):\n"
+        "    s.sendto(b'x', ('127.0.0.%d' % (1 + n // 40000), 20000 + n % 40000))\n"
     )
     run("ip", "netns", "exec", netns, "python3", "-c", script)
 

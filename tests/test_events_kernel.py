@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conntrack_collector import EventStream
 from conntrack_text import parse_line
-from netns_util import conntrack_netns, flush_flows, needs_root, run
+from netns_util import conntrack_netns, flush_flows, needs_root, run, send_udp_flows
 
 pytestmark = [pytest.mark.root, needs_root]
 
@@ -34,12 +34,14 @@ def make_traffic(netns: str, *kinds: str) -> None:
     run("ip", "netns", "exec", netns, sys.executable, str(TRAFFIC), *kinds)
 
 
-def drain(stream: EventStream, quiet_s: float = 1.0) -> list[Any]:
+def iter_until_quiet(stream: EventStream, quiet_s: float) -> Iterator[Any]:
     """Every event until none has come for `quiet_s`."""
-    events = []
     while (event := stream.poll(quiet_s)) is not None:
-        events.append(event)
-    return events
+        yield event
+
+
+def drain(stream: EventStream, quiet_s: float = 1.0) -> list[Any]:
+    return list(iter_until_quiet(stream, quiet_s))
 
 
 def test_differential_against_conntrack_tool(netns: str) -> None:
@@ -166,28 +168,12 @@ def many_flows_allowed() -> Iterator[None]:
         path.write_text(before)
 
 
-def make_udp_flows(netns: str, count: int) -> None:
-    """`count` flows: datagrams to 127.0.0.1-3, ports 20000+ (dropped on input, no replies)."""
-    script = f"""
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sent = 0
-for host in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"):
-    for port in range(20000, 60000):
-        if sent == {count}:
-            break
-        s.sendto(b"x", (host, port))
-        sent += 1
-"""
-    run("ip", "netns", "exec", netns, sys.executable, "-c", script)
-
-
 BURST_FLOWS = 100_000
 
 
 def test_burst_reliable_delivers_every_destroy(netns: str, many_flows_allowed: None) -> None:
     with EventStream(("DESTROY",), netns=netns, reliable=True, buffer_bytes=1 << 20) as stream:
-        make_udp_flows(netns, BURST_FLOWS)
+        send_udp_flows(netns, BURST_FLOWS)
         flush_flows(netns)
         # Flows told apart by destination: conntrack ids are 32-bit hashes and 100k of them collide.
         flows = {(e["Original"]["Layer3"]["Dst"], e["Original"]["Layer4"]["Dport"])
@@ -201,7 +187,7 @@ def test_burst_unreliable_loss_is_counted(netns: str, many_flows_allowed: None) 
     """A small buffer and a slow reader lose events; every loss shows as an overrun."""
     with EventStream(("DESTROY",), netns=netns, buffer_bytes=64 * 1024,
                      queue_events=1000) as stream:
-        make_udp_flows(netns, BURST_FLOWS)
+        send_udp_flows(netns, BURST_FLOWS)
         flush_flows(netns)
         received = 0
         for _ in iter_until_quiet(stream, 3.0):
@@ -213,11 +199,6 @@ def test_burst_unreliable_loss_is_counted(netns: str, many_flows_allowed: None) 
     assert received == BURST_FLOWS or stats["overruns"] > 0, stats
     print(f"unreliable burst: {received} of {BURST_FLOWS} delivered, "
           f"{stats['overruns']} overruns")
-
-
-def iter_until_quiet(stream: EventStream, quiet_s: float) -> Iterator[Any]:
-    while (event := stream.poll(quiet_s)) is not None:
-        yield event
 
 
 def test_reader_enters_namespace_but_caller_stays(netns: str) -> None:
