@@ -149,6 +149,11 @@ def run(settings: RunSettings, stats: CollectorStats,
     return code
 
 
+def event_type(event: bytes) -> str:
+    """The "Type" of an event's JSON, read off its first letter (it comes early in the text)."""
+    return TYPE_BY_INITIAL.get(event[event.find(b'"Type":"', 0, 80) + 8], "UPDATE")
+
+
 def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
                       stop: StopFlag, stats: CollectorStats) -> ExitCode:
     poll, put, stopping = stream.poll, buffer.put, stop.event.is_set
@@ -163,7 +168,7 @@ def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
             if publisher.fatal_error or not publisher.alive():
                 return ExitCode.ERROR
             continue
-        by_type[TYPE_BY_INITIAL.get(event[event.find(b'"Type":"', 0, 80) + 8], "UPDATE")] += 1
+        by_type[event_type(event)] += 1
         put(event)
         if publisher.fatal_error:
             return ExitCode.ERROR
@@ -183,7 +188,7 @@ def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> Ex
             if event is None:
                 out.flush()  # flush when idle: whole lines, without a syscall per event
                 continue
-            by_type[TYPE_BY_INITIAL.get(event[event.find(b'"Type":"', 0, 80) + 8], "UPDATE")] += 1
+            by_type[event_type(event)] += 1
             out.write(event + b"\n")
         out.flush()
     except BrokenPipeError:  # `| head`: the reader of our output is gone, nothing to report
@@ -206,8 +211,7 @@ def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorSt
             break
         if event is None:
             break
-        stats.received_by_type[
-            TYPE_BY_INITIAL.get(event[event.find(b'"Type":"', 0, 80) + 8], "UPDATE")] += 1
+        stats.received_by_type[event_type(event)] += 1
         if buffer is not None:
             buffer.put(event)
         else:
