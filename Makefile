@@ -30,7 +30,7 @@ fuzz:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets --features python -- -D warnings
-	$(PYTHON) -m ruff check python tests bench
+	$(PYTHON) -m ruff check python tests bench scripts
 	$(PYTHON) -m mypy
 
 bench: setup install

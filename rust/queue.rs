@@ -152,3 +152,143 @@ impl Queue {
         self.not_empty.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{Pop, Queue};
+    use crate::event::Event;
+    use crate::tests::decode_file;
+
+    fn sample_event(id: u32) -> Event {
+        let mut event = decode_file("udp_ipv4_new_0.bin");
+        event.id = id;
+        event
+    }
+
+    #[test]
+    fn queue_blocks_when_full_and_stop_releases_the_pusher() {
+        let queue = Arc::new(Queue::new(2));
+        let stop = Arc::new(AtomicBool::new(false));
+        assert!(queue.push(sample_event(1), &stop));
+        assert!(queue.push(sample_event(2), &stop));
+
+        let pusher = {
+            let (queue, stop) = (Arc::clone(&queue), Arc::clone(&stop));
+            std::thread::spawn(move || queue.push(sample_event(3), &stop))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !pusher.is_finished(),
+            "push returned although the queue is full"
+        );
+        assert_eq!(queue.stats().1, 2);
+
+        let started = Instant::now();
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            !pusher.join().expect("pusher"),
+            "a stopped push reports false"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The stopped push left nothing behind.
+        let (stats, queued) = queue.stats();
+        assert_eq!((stats.received, queued), (2, 2));
+    }
+
+    #[test]
+    fn queue_pop_makes_room_for_a_blocked_pusher() {
+        let queue = Arc::new(Queue::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        assert!(queue.push(sample_event(1), &stop));
+        let pusher = {
+            let (queue, stop) = (Arc::clone(&queue), Arc::clone(&stop));
+            std::thread::spawn(move || queue.push(sample_event(2), &stop))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!pusher.is_finished());
+        match queue.pop(Duration::from_secs(5)) {
+            Pop::Event(event, _) => assert_eq!(event.id, 1),
+            _ => panic!("expected the first event"),
+        }
+        assert!(pusher.join().expect("pusher"));
+        match queue.pop(Duration::from_secs(5)) {
+            Pop::Event(event, _) => assert_eq!(event.id, 2),
+            _ => panic!("expected the second event"),
+        }
+    }
+
+    #[test]
+    fn queue_pops_in_order_then_ends() {
+        let queue = Queue::new(8);
+        let stop = AtomicBool::new(false);
+        for id in 1..=5 {
+            assert!(queue.push(sample_event(id), &stop));
+        }
+        queue.count(|s| s.overruns += 3);
+        queue.count(|s| s.decode_errors += 1);
+
+        let started = Instant::now();
+        assert!(matches!(
+            queue.pop(Duration::from_millis(0)),
+            Pop::Event(_, 3)
+        ));
+        queue.finish(None);
+        // What was queued before the end is still delivered, in order.
+        for id in 2..=5 {
+            match queue.pop(Duration::from_secs(1)) {
+                Pop::Event(event, overruns) => {
+                    assert_eq!(event.id, id);
+                    assert_eq!(overruns, 3);
+                }
+                _ => panic!("expected event {id}"),
+            }
+        }
+        assert!(matches!(
+            queue.pop(Duration::from_secs(1)),
+            Pop::Ended(None)
+        ));
+        assert!(matches!(
+            queue.pop(Duration::from_secs(1)),
+            Pop::Ended(None)
+        ));
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let (stats, queued) = queue.stats();
+        assert_eq!(queued, 0);
+        assert_eq!(stats.received, 5);
+        assert_eq!(stats.delivered, 5);
+        assert_eq!(stats.peak_queued, 5);
+        assert_eq!(stats.overruns, 3);
+        assert_eq!(stats.decode_errors, 1);
+    }
+
+    #[test]
+    fn queue_pop_times_out_when_empty_and_reports_failure_once() {
+        let queue = Arc::new(Queue::new(4));
+        let started = Instant::now();
+        assert!(matches!(queue.pop(Duration::from_millis(50)), Pop::Timeout));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+
+        // A waiting consumer is woken by finish().
+        let consumer = {
+            let queue = Arc::clone(&queue);
+            std::thread::spawn(move || match queue.pop(Duration::from_secs(10)) {
+                Pop::Ended(Some(error)) => error.to_string(),
+                _ => String::from("not ended"),
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        queue.finish(Some(crate::Error::InvalidArgument("gone".into())));
+        assert_eq!(consumer.join().expect("consumer"), "gone");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(
+            queue.pop(Duration::from_millis(1)),
+            Pop::Ended(None)
+        ));
+    }
+}

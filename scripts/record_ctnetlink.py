@@ -3,7 +3,7 @@
 
 Usage (as root):
 
-    python3 tests/record_ctnetlink.py [--out rust/testdata] [--netns ctrec]
+    python3 scripts/record_ctnetlink.py [--out rust/testdata] [--netns ctrec]
 
 The script creates a private network namespace, enables conntrack (nft rule),
 accounting and timestamps there, subscribes to NFNLGRP_CONNTRACK_NEW/UPDATE/DESTROY
