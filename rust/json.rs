@@ -1,6 +1,7 @@
-//! `Event` to the seed's JSON message, written straight into bytes: the publisher's fast path.
+//! `Event` to the JSON message of the reference (aarnaud/conntrack-event-collector), written
+//! straight into bytes: the publisher's fast path.
 //!
-//! Keys, order and casing are the contract (DESIGN.md, "The message"). Every string we
+//! Keys, order and casing are the contract (README, "The message"). Every string we
 //! write is an address or a fixed name, so nothing needs escaping.
 
 use std::io::Write;

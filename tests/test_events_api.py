@@ -13,7 +13,7 @@ from conntrack_collector import ConntrackError, EventStream, decode_datagram
 from netns_util import conntrack_netns, flush_flows, needs_root, send_udp_flows
 
 CAPTURES = sorted((Path(__file__).parents[1] / "rust" / "testdata").glob("*.bin"))
-SEED_KEYS = ["Timestamp", "Type", "Id", "Original", "Reply", "UNREPLIED", "ASSURED"]
+REFERENCE_KEYS = ["Timestamp", "Type", "Id", "Original", "Reply", "UNREPLIED", "ASSURED"]
 DIRECTION_KEYS = {"Layer3": ["Protonum", "Protoname", "Src", "Dst"],
                   "Layer4": ["Protonum", "Protoname", "Sport", "Dport"],
                   "Counter": ["Packets", "Bytes"]}
@@ -31,7 +31,7 @@ def test_dict_and_json_carry_the_same_content_in_the_same_order(capture: Path) -
     assert isinstance(as_json, bytes) and isinstance(as_dict, dict)
     parsed = json.loads(as_json)
     assert parsed == as_dict
-    assert list(parsed) == list(as_dict) == SEED_KEYS
+    assert list(parsed) == list(as_dict) == REFERENCE_KEYS
     for direction in ("Original", "Reply"):
         assert list(parsed[direction]) == list(DIRECTION_KEYS)
         for part, keys in DIRECTION_KEYS.items():

@@ -29,7 +29,7 @@ __version__: str = _native.__version__
 
 logger = logging.getLogger("conntrack_collector")
 
-#: An event as a dict, in the seed's schema (see the README), or its JSON bytes.
+#: An event as a dict, in the reference's message schema (see the README), or its JSON bytes.
 Event = Union[dict[str, Any], bytes]
 
 DEFAULT_TYPES = ("NEW", "DESTROY")

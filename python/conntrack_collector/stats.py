@@ -1,4 +1,4 @@
-"""Counters of the collector, in one object the metrics exporter (issue 5) can read.
+"""Counters of the collector, in one object that the metrics exporter and the progress display read.
 
 Every counter has a single writer thread (the reader loop or the publisher thread), so plain
 integer attributes are enough under the GIL; readers may see a value a moment old.
