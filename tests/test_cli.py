@@ -10,7 +10,7 @@ import conntrack_collector
 import pytest
 import yaml
 from conntrack_collector.cli import main
-from conntrack_collector.exit_codes import ExitCode
+from conntrack_collector.errors import ExitCode
 
 REFERENCE_FLAGS = {  # flag -> the default its help shows (None: no default)
     "--amqp-ca": None,

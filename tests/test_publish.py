@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 import pytest
-from conntrack_collector import collector
+from conntrack_collector import collector, errors
 from conntrack_collector.broker import BrokerSettings
 from conntrack_collector.buffer import EventBuffer
-from conntrack_collector.exit_codes import ExitCode
+from conntrack_collector.errors import ExitCode
 from conntrack_collector.publisher import BATCH_TYPE
 from conntrack_collector.stats import CollectorStats
 from rabbitmq import consume, declare, delete, needs_broker, unique_name
@@ -201,7 +201,7 @@ def test_unreachable_broker_reports_what_was_not_delivered(caplog: pytest.LogCap
 
 @needs_broker
 def test_refused_credentials_are_one_clear_error() -> None:
-    with pytest.raises(collector.Error) as info:
+    with pytest.raises(errors.Error) as info:
         run(settings("x", password="wrong"), FakeStream([], linger_s=30), CollectorStats())
     assert info.value.code == ExitCode.ERROR
     assert "refused the credentials of user 'guest'" in str(info.value)
@@ -215,7 +215,7 @@ def test_exchange_of_another_type_is_one_clear_error() -> None:
     connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
     connection.channel().exchange_declare(exchange, "fanout", durable=True)
     try:
-        with pytest.raises(collector.Error) as info:
+        with pytest.raises(errors.Error) as info:
             run(settings(exchange), FakeStream([event(0)], linger_s=30), CollectorStats())
         assert f"refused exchange {exchange!r}" in str(info.value)
         assert "PRECONDITION_FAILED" in str(info.value)
@@ -276,7 +276,7 @@ def test_a_failing_reader_is_one_error_after_delivering_what_it_read(
             return super().poll(timeout_s)
 
     stats = CollectorStats()
-    with pytest.raises(collector.Error, match="reading conntrack events failed: netlink socket"):
+    with pytest.raises(errors.Error, match="reading conntrack events failed: netlink socket"):
         run(settings(exchange), Failing([event(i) for i in range(5)]), stats)
     assert stats.confirmed == 5
     assert len(consume(queue, 5, idle_s=0.2)) == 5

@@ -13,10 +13,12 @@ import rich_click as click
 import yaml
 from click.core import ParameterSource
 
-from . import config, operations
+from . import config, observers
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
-from .collector import Error, RunSettings, open_stream, run
-from .exit_codes import ExitCode
+from .collector import RunSettings, open_stream, run
+from .errors import Error, ExitCode
+from .kernel_tuning import KernelTuningError, netns_path, tune_kernel
+from .metrics import MetricsAddressError, parse_address
 from .router_id import default_router_id
 from .stats import CollectorStats
 
@@ -70,6 +72,27 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | Non
     ctx.default_map = checked
     ctx.meta["sources"] = sources
     return value
+
+
+def check_metrics_addr(_ctx: click.Context, _param: click.Parameter,
+                       value: str | None) -> str | None:
+    """Option callback: `HOST:PORT`, from the command line, the environment or the file alike."""
+    if value:
+        try:
+            parse_address(value)
+        except MetricsAddressError as err:
+            raise click.BadParameter(str(err)) from None
+    return value
+
+
+def tune_kernel_for(netns: str | None) -> None:
+    """`--tune-kernel`. A namespace that does not exist is left to the stream to report."""
+    if netns is not None and not netns_path(netns).exists():
+        return
+    try:
+        tune_kernel(netns)
+    except KernelTuningError as err:
+        raise Error(f"--tune-kernel: {err}", ExitCode.ERROR) from None
 
 
 # The reference's flags, its help texts and defaults; `string`/`int` as its help showed them.
@@ -147,7 +170,7 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | Non
                    "/etc/owp, /etc/config/owp, $HOME/.owp, .]")
 @click.option("--print-config", is_flag=True, default=False,
               help="Print the effective configuration (secrets hidden) and exit")
-@click.option("--metrics-addr", metavar="HOST:PORT", callback=operations.check_metrics_addr,
+@click.option("--metrics-addr", metavar="HOST:PORT", callback=check_metrics_addr,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (:PORT: every interface)")
 @click.option("--tune-kernel", is_flag=True, default=False,
               help="Set net.netfilter.nf_conntrack_acct, _timestamp and _events to 1 where the "
@@ -199,11 +222,11 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
     )
     stats = CollectorStats()
     if effective["tune_kernel"]:
-        operations.tune_kernel_for(effective["netns"])
-    with operations.observing(stats, metrics_addr=effective["metrics_addr"],
-                              verbose=effective["verbose"],
-                              events_to_stdout=settings.output == "stdout") as observers:
-        return run(settings, stats, stream_factory=observers.watch(open_stream))
+        tune_kernel_for(effective["netns"])
+    with observers.observing(stats, metrics_addr=effective["metrics_addr"],
+                             verbose=effective["verbose"],
+                             events_to_stdout=settings.output == "stdout") as watching:
+        return run(settings, stats, stream_factory=watching.watch(open_stream))
 
 
 def _describe(ctx: click.Context, effective: Mapping[str, Any]) -> str:

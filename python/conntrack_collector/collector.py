@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol, cast
 
 from .broker import BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
-from .exit_codes import ExitCode
+from .errors import Error, ExitCode
 from .publisher import Publisher
 from .stats import CollectorStats
 
@@ -47,14 +47,6 @@ class RunSettings:
     max_in_flight: int
     batch_events: int
     shutdown_timeout_s: float
-
-
-class Error(Exception):
-    """Ends the run with a one-line message and an exit code."""
-
-    def __init__(self, message: str, code: ExitCode) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def open_stream(settings: RunSettings) -> Stream:

@@ -1,9 +1,9 @@
-"""What the command adds around a run for operators: `--tune-kernel`, `--metrics-addr`, `-v`.
+"""The observers of a run: the metrics server (`--metrics-addr`), the progress display (`-v`)
+and systemd's readiness and watchdog notifications.
 
-Kept out of cli.py so the command only gains a few lines: the kernel is tuned before the event
-stream opens (so the stream's start-up checks see the result), the metrics port is bound before
-anything starts (a port in use fails at once), and the metrics and the progress display start
-once the stream exists, since they read its `stats()` too.
+The metrics port is bound before anything starts (a port in use fails at once); readiness, the
+watchdog and the progress display start once the stream exists (subscribed), since they read
+its `stats()` too.
 """
 
 from __future__ import annotations
@@ -13,12 +13,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Callable, Protocol, TypeVar
 
-import rich_click as click
-
-from .collector import Error
-from .exit_codes import ExitCode
-from .kernel_tuning import KernelTuningError, netns_path, tune_kernel
-from .metrics import MetricsAddressError, MetricsServer, parse_address, serve_metrics
+from .errors import Error, ExitCode
+from .metrics import MetricsServer, serve_metrics
 from .progress import Progress, live_display_possible
 from .sd_notify import Watchdog, notify, watchdog_interval_s
 from .stats import CollectorStats
@@ -34,25 +30,6 @@ StreamT = TypeVar("StreamT", bound=HasStats)
 SettingsT = TypeVar("SettingsT")
 
 
-def check_metrics_addr(_ctx: click.Context, _param: click.Parameter,
-                       value: str | None) -> str | None:
-    """Option callback: `HOST:PORT`, from the command line, the environment or the file alike."""
-    if value:
-        try:
-            parse_address(value)
-        except MetricsAddressError as err:
-            raise click.BadParameter(str(err)) from None
-    return value
-
-
-def tune_kernel_for(netns: str | None) -> None:
-    """`--tune-kernel`. A namespace that does not exist is left to the stream to report."""
-    if netns is not None and not netns_path(netns).exists():
-        return
-    try:
-        tune_kernel(netns)
-    except KernelTuningError as err:
-        raise Error(f"--tune-kernel: {err}", ExitCode.ERROR) from None
 
 
 class Observers:
