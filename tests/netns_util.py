@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO
-
-import pytest
-
-# Root-only tests carry both: the "root" marker selects them, this skips them without root.
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
 # In a fresh namespace the kernel tracks nothing until a rule uses conntrack. Datagrams are
 # dropped on input, after conntrack saw them, so each one is a flow and none gets an ICMP reply.
@@ -76,64 +65,3 @@ def free_tcp_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-class Collector:
-    """`conntrack-event-collector` running in the background; its output collected by line."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, cwd="/")
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._collect, args=(self.proc.stdout, self.stdout),
-                             daemon=True),
-            threading.Thread(target=self._collect, args=(self.proc.stderr, self.stderr),
-                             daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _collect(pipe: IO[bytes] | None, lines: list[str]) -> None:
-        assert pipe is not None
-        for line in pipe:
-            lines.append(line.decode(errors="replace").rstrip("\n"))
-
-    def wait_for(self, text: str, timeout_s: float = 20.0) -> None:
-        """Until a line of stderr contains `text`; fails if the collector exits first."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.stderr):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        time.sleep(0.2)
-        raise AssertionError(f"no {text!r} on stderr; exit={self.proc.poll()}\n"
-                             + "\n".join(self.stderr))
-
-    def wait_for_stdout_lines(self, count: int, timeout_s: float = 20.0) -> list[str]:
-        deadline = time.monotonic() + timeout_s
-        while len(self.stdout) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return list(self.stdout)
-
-    def stop(self, timeout_s: float = 20.0) -> int:
-        """SIGTERM, then its exit code (killed after `timeout_s`)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        for reader in self._readers:
-            reader.join(timeout=5)
-        return code
-
-
-def collector_command(*args: str) -> list[str]:
-    """The collector as this interpreter runs it (the installed package, or PYTHONPATH's)."""
-    return [os.path.realpath(sys.executable), "-m", "conntrack_collector", *args]

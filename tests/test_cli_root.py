@@ -12,10 +12,10 @@ import time
 
 import pytest
 from collector_process import Collector
-from netns_util import conntrack_netns, flush_flows, needs_root, send_udp_flows
+from netns_util import conntrack_netns, flush_flows, send_udp_flows
 from rabbitmq import needs_broker
 
-pytestmark = [pytest.mark.root, needs_root]
+pytestmark = pytest.mark.root
 
 
 def collector(*argv: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
@@ -66,8 +66,7 @@ def test_output_stdout_is_one_json_object_per_line() -> None:
             time.sleep(0.5)
         finally:
             code = collector.stop(signal.SIGINT)
-        assert collector.process.stdout is not None
-        lines = collector.process.stdout.read().splitlines()
+        lines = collector.stdout
     assert code == 0, collector.log
     events = [json.loads(line) for line in lines]
     assert sorted(e["Type"] for e in events) == ["DESTROY"] * 3 + ["NEW"] * 3

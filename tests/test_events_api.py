@@ -10,7 +10,7 @@ from pathlib import Path
 import conntrack_collector
 import pytest
 from conntrack_collector import ConntrackError, EventStream, decode_datagram
-from netns_util import conntrack_netns, flush_flows, needs_root, send_udp_flows
+from netns_util import conntrack_netns, flush_flows, send_udp_flows
 
 CAPTURES = sorted((Path(__file__).parents[1] / "rust" / "testdata").glob("*.bin"))
 REFERENCE_KEYS = ["Timestamp", "Type", "Id", "Original", "Reply", "UNREPLIED", "ASSURED"]
@@ -61,7 +61,6 @@ def test_missing_namespace_is_file_not_found() -> None:
         EventStream(netns="no-such-namespace")
 
 
-@needs_root
 @pytest.mark.root
 def test_without_cap_net_admin_a_permission_error_says_so() -> None:
     """Root, but with CAP_NET_ADMIN dropped from every set."""
@@ -77,7 +76,6 @@ def test_without_cap_net_admin_a_permission_error_says_so() -> None:
     assert "run as root, or grant the capability" in done.stdout
 
 
-@needs_root
 @pytest.mark.root
 def test_events_generator_stream_and_context_manager() -> None:
     with conntrack_netns("api") as netns:

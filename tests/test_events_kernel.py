@@ -15,19 +15,19 @@ from typing import Any
 import pytest
 from conntrack_collector import EventStream
 from conntrack_text import parse_line
-from netns_util import conntrack_netns, flush_flows, needs_root, run, send_udp_flows
+from netns_util import flush_flows, run, send_udp_flows
 
-pytestmark = [pytest.mark.root, needs_root]
+pytestmark = pytest.mark.root
 
 TRAFFIC = Path(__file__).with_name("traffic.py")
 KINDS = ("tcp4", "tcp6", "udp4", "udp6", "icmp", "icmpv6")
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    with conntrack_netns("events") as name:
-        run("ip", "netns", "exec", name, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
-        yield name
+def netns(netns: str) -> str:
+    """The shared namespace fixture, with packet and byte counters on."""
+    run("ip", "netns", "exec", netns, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+    return netns
 
 
 def make_traffic(netns: str, *kinds: str) -> None:

@@ -7,13 +7,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from collector_process import Collector
 from conntrack_collector.kernel_tuning import KernelTuningError, tune_kernel
 from netns_util import (
-    Collector,
-    collector_command,
     conntrack_netns,
     flush_flows,
-    needs_root,
     run,
     send_udp_flows,
     sysctl_in,
@@ -66,7 +64,6 @@ def test_missing_sysctl_is_a_warning_not_a_failure(
 
 
 @pytest.mark.root
-@needs_root
 def test_applies_inside_the_namespace_only() -> None:
     host_before = {name: Path("/proc/sys/net/netfilter", name).read_text() for name in SYSCTLS}
     with conntrack_netns("tune") as netns:
@@ -83,26 +80,23 @@ def test_applies_inside_the_namespace_only() -> None:
 
 
 @pytest.mark.root
-@needs_root
 def test_unknown_namespace_is_a_clear_error() -> None:
     with pytest.raises(KernelTuningError, match="ctc-no-such-ns does not exist"):
         tune_kernel(netns="ctc-no-such-ns")
 
 
 @pytest.mark.root
-@needs_root
 def test_command_tunes_the_watched_namespace_so_a_restart_loses_no_destroy() -> None:
     host_before = {name: Path("/proc/sys/net/netfilter", name).read_text() for name in SYSCTLS}
     with conntrack_netns("tune-cli") as netns:
         run("ip", "netns", "exec", netns, "sysctl", "-qw", "net.netfilter.nf_conntrack_events=2")
-        first = Collector(collector_command("--netns", netns, "--tune-kernel",
-                                            "--output", "stdout"))
+        first = Collector("--netns", netns, "--tune-kernel", "--output", "stdout")
         first.wait_for("listening for")
         assert first.stop() == 0
         # The collector is away (a restart): at nf_conntrack_events=2 these flows would never
         # produce their DESTROY.
         send_udp_flows(netns, 3, first_port=32000)
-        second = Collector(collector_command("--netns", netns, "--output", "stdout"))
+        second = Collector("--netns", netns, "--output", "stdout")
         try:
             second.wait_for("listening for")
             flush_flows(netns)

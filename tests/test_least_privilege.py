@@ -11,16 +11,12 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from collector_process import Collector
 from netns_util import (
-    Collector,
-    collector_command,
-    conntrack_netns,
     flush_flows,
-    needs_root,
     run,
     send_udp_flows,
     sysctl_in,
@@ -28,7 +24,6 @@ from netns_util import (
 
 pytestmark = [
     pytest.mark.root,
-    needs_root,
     pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)"),
 ]
 
@@ -83,12 +78,6 @@ def interpreter_exposed(stash: Path) -> list[str]:
             "sh", "-c", "\n".join(script), "expose"]
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
-    with conntrack_netns("lp") as name:
-        yield name
-
-
 def unprivileged_collector(netns: str, stash: Path, *, cap_net_admin: bool,
                            args: tuple[str, ...] = ()) -> Collector:
     stash.mkdir()
@@ -96,11 +85,9 @@ def unprivileged_collector(netns: str, stash: Path, *, cap_net_admin: bool,
            "LANG": "C.UTF-8"}
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return Collector([
+    return Collector("--output", "stdout", *args, env=env, inherit_env=False, wrapper=[
         "ip", "netns", "exec", netns, *interpreter_exposed(stash),
-        *drop_to_nobody(cap_net_admin=cap_net_admin),
-        *collector_command("--output", "stdout", *args),
-    ], env=env)
+        *drop_to_nobody(cap_net_admin=cap_net_admin)])
 
 
 def capabilities_of(pid: int) -> dict[str, str]:
@@ -114,7 +101,7 @@ def test_events_as_nobody_with_cap_net_admin_only(netns: str, tmp_path: Path) ->
                                        args=("--tune-kernel",))
     try:
         collector.wait_for("listening for")
-        status = capabilities_of(collector.proc.pid)
+        status = capabilities_of(collector.process.pid)
         assert status["Uid"].split()[:2] == [str(65534)] * 2
         assert int(status["CapEff"], 16) == CAP_NET_ADMIN_MASK
         assert int(status["CapBnd"], 16) == CAP_NET_ADMIN_MASK
@@ -139,7 +126,7 @@ def test_events_as_nobody_with_cap_net_admin_only(netns: str, tmp_path: Path) ->
 
 def test_without_the_capability_a_clear_error(netns: str, tmp_path: Path) -> None:
     collector = unprivileged_collector(netns, tmp_path / "stash", cap_net_admin=False)
-    code = collector.proc.wait(timeout=30)
+    code = collector.process.wait(timeout=30)
     collector.stop()
 
     assert code not in (0, None)
@@ -153,7 +140,7 @@ def test_another_namespace_needs_cap_sys_admin_and_says_so(netns: str, tmp_path:
     """Why the service files put the whole collector in the namespace instead (docs/deploy.md)."""
     collector = unprivileged_collector(netns, tmp_path / "stash", cap_net_admin=True,
                                        args=("--netns", netns))
-    code = collector.proc.wait(timeout=30)
+    code = collector.process.wait(timeout=30)
     collector.stop()
 
     assert code not in (0, None)

@@ -12,15 +12,13 @@ from contextlib import contextmanager
 
 import pika
 import pytest
+from collector_process import Collector, collector_command
 from conntrack_collector.metrics import MetricsAddressError, parse_address, serve_metrics
 from conntrack_collector.stats import CollectorStats
 from netns_util import (
-    Collector,
-    collector_command,
     conntrack_netns,
     flush_flows,
     free_tcp_port,
-    needs_root,
     send_udp_flows,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -163,16 +161,15 @@ def total(samples: Samples, name: str) -> float:
 
 
 @pytest.mark.root
-@needs_root
 @pytest.mark.skipif(not broker_up(), reason="no RabbitMQ on 127.0.0.1:5672")
 def test_numbers_add_up_while_events_flow() -> None:
     port = free_tcp_port()
     url = f"http://127.0.0.1:{port}/metrics"
     exchange = f"ctc-test-metrics-{uuid.uuid4().hex[:8]}"
     with conntrack_netns("metrics") as netns, bound_queue(exchange) as queue:
-        collector = Collector(collector_command(
+        collector = Collector(
             "--netns", netns, "--amqp-host", BROKER[0], "--amqp-exchange", exchange,
-            "--metrics-addr", f"127.0.0.1:{port}", "-v"))
+            "--metrics-addr", f"127.0.0.1:{port}", "-v")
         try:
             collector.wait_for("listening for")
             during: list[Samples] = [scrape(url)]
@@ -225,16 +222,15 @@ def test_numbers_add_up_while_events_flow() -> None:
 
 
 @pytest.mark.root
-@needs_root
 def test_numbers_add_up_when_the_broker_is_away() -> None:
     """Nothing listens on the broker port: events fill the buffer, then are dropped, counted."""
     port, dead_broker_port = free_tcp_port(), free_tcp_port()
     url = f"http://127.0.0.1:{port}/metrics"
     with conntrack_netns("metrics-away") as netns:
-        collector = Collector(collector_command(
+        collector = Collector(
             "--netns", netns, "--amqp-host", "127.0.0.1", "--amqp-port", str(dead_broker_port),
             "--max-buffer-events", "100", "--shutdown-timeout", "0",
-            "--metrics-addr", f"127.0.0.1:{port}"))
+            "--metrics-addr", f"127.0.0.1:{port}")
         try:
             collector.wait_for("listening for")
             send_udp_flows(netns, 300, first_port=20000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from netns_util import Collector, collector_command, conntrack_netns, needs_root
+from collector_process import Collector
+from netns_util import conntrack_netns
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 UNIT = PACKAGING / "systemd" / "conntrack-event-collector.service"
@@ -168,14 +168,13 @@ def test_example_config_as_installed_changes_nothing(
 
 
 @pytest.mark.root
-@needs_root
 def test_tells_systemd_when_it_is_subscribed_and_alive(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket, \
             conntrack_netns("notify") as netns:
         notify_socket.bind(str(tmp_path / "notify"))
         notify_socket.settimeout(20)
-        collector = Collector(collector_command("--netns", netns, "--output", "stdout"),
-                              env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"),
+        collector = Collector("--netns", netns, "--output", "stdout",
+                              env={"NOTIFY_SOCKET": str(tmp_path / "notify"),
                                    "WATCHDOG_USEC": "400000"})
         try:
             ready = notify_socket.recv(4096).decode()

@@ -7,11 +7,11 @@ import time
 
 import pytest
 from collector_process import Collector
-from netns_util import conntrack_netns, flush_flows, needs_root, send_udp_flows
+from netns_util import conntrack_netns, flush_flows, send_udp_flows
 from rabbitmq import consume, declare, delete, needs_broker, unique_name
 from traffic_flows import event_keys
 
-pytestmark = [pytest.mark.root, needs_root, needs_broker]
+pytestmark = [pytest.mark.root, needs_broker]
 
 
 def test_sigterm_while_publishing_delivers_or_reports_every_event() -> None:
