@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,3 +66,22 @@ def free_tcp_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def ctnetlink_listeners(netns: str) -> int:
+    """NETLINK_NETFILTER (12) sockets in `netns` that joined multicast groups: event listeners
+    (ours and `conntrack -E`'s). /proc/net/netlink lists the sockets of the reader's namespace."""
+    rows = [line.split() for line in run("ip", "netns", "exec", netns, "cat",
+                                          "/proc/net/netlink").splitlines()[1:]]
+    return sum(1 for row in rows if len(row) > 3 and row[1] == "12" and int(row[3], 16) != 0)
+
+
+def wait_for_listeners(netns: str, count: int, timeout_s: float = 20.0) -> None:
+    """Until `count` event listeners have subscribed in `netns` (a flow made before a listener
+    subscribes produces no event for it)."""
+    deadline = time.monotonic() + timeout_s
+    while ctnetlink_listeners(netns) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} conntrack event listeners in {netns} "
+                                 f"after {timeout_s} s")
+        time.sleep(0.05)

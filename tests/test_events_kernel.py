@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conntrack_collector import EventStream
 from conntrack_text import parse_line
-from netns_util import flush_flows, run, send_udp_flows
+from netns_util import flush_flows, run, send_udp_flows, wait_for_listeners
 
 pytestmark = pytest.mark.root
 
@@ -53,7 +53,7 @@ def test_differential_against_conntrack_tool(netns: str) -> None:
     )
     try:
         with EventStream(("NEW", "DESTROY"), netns=netns) as stream:
-            time.sleep(1.0)  # the tool must subscribe before the flows exist, or it sees none
+            wait_for_listeners(netns, 2)  # the tool too, or it sees no flow made before
             make_traffic(netns, *KINDS)
             flush_flows(netns)
             ours = drain(stream)
