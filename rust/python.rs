@@ -17,7 +17,9 @@ use crate::error::Error;
 use crate::event::{l4proto_name, Direction, Event, EventType};
 use crate::json;
 use crate::queue::Pop;
-use crate::reader::{netns_path, Options, Stream};
+use crate::reader::{
+    netns_path, Options, Stream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_EVENTS, DEFAULT_TYPES,
+};
 
 create_exception!(
     conntrack_collector._native,
@@ -59,14 +61,14 @@ struct EventStream {
 impl EventStream {
     #[new]
     #[pyo3(signature = (
-        types = vec!["NEW".to_string(), "DESTROY".to_string()],
+        types = default_type_names(),
         *,
         netns = None,
         nat_only = false,
-        buffer_bytes = 15_000_000,
+        buffer_bytes = DEFAULT_BUFFER_BYTES,
         reliable = false,
         as_json = false,
-        queue_events = 65_536,
+        queue_events = DEFAULT_QUEUE_EVENTS,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -212,6 +214,10 @@ impl EventStream {
     }
 }
 
+fn default_type_names() -> Vec<String> {
+    DEFAULT_TYPES.iter().map(|t| t.name().to_string()).collect()
+}
+
 fn to_python(py: Python<'_>, event: &Event, as_json: bool) -> PyResult<PyObject> {
     if as_json {
         Ok(PyBytes::new(py, &json::to_json(event)).into_any().unbind())
@@ -293,6 +299,11 @@ fn decode_datagram(
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    let all_types: Vec<&str> = EventType::ALL.iter().map(|t| t.name()).collect();
+    m.add("EVENT_TYPES", all_types)?;
+    m.add("DEFAULT_TYPES", default_type_names())?;
+    m.add("DEFAULT_BUFFER_BYTES", DEFAULT_BUFFER_BYTES)?;
+    m.add("DEFAULT_QUEUE_EVENTS", DEFAULT_QUEUE_EVENTS)?;
     m.add("ConntrackError", m.py().get_type::<ConntrackError>())?;
     m.add_class::<EventStream>()?;
     m.add_function(wrap_pyfunction!(decode_datagram, m)?)?;

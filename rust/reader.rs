@@ -26,6 +26,13 @@ const DATAGRAM_BYTES: usize = 16 * 1024;
 /// Datagrams taken per system call in a burst.
 const BATCH_DATAGRAMS: usize = 32;
 
+/// The defaults, defined here once; the Python API and the command read them from the
+/// native module.
+pub const DEFAULT_TYPES: [EventType; 2] = [EventType::New, EventType::Destroy];
+/// The reference's `conntrack --buffer-size`: room for a burst of about 30k events.
+pub const DEFAULT_BUFFER_BYTES: usize = 15_000_000;
+pub const DEFAULT_QUEUE_EVENTS: usize = 65_536;
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub types: Vec<EventType>,
@@ -42,12 +49,12 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            types: vec![EventType::New, EventType::Destroy],
+            types: DEFAULT_TYPES.to_vec(),
             netns: None,
             nat_only: false,
-            buffer_bytes: 15_000_000,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
             reliable: false,
-            queue_events: 65_536,
+            queue_events: DEFAULT_QUEUE_EVENTS,
         }
     }
 }

@@ -32,7 +32,7 @@ logger = logging.getLogger("conntrack_collector")
 #: An event as a dict, in the reference's message schema (see the README), or its JSON bytes.
 Event = Union[dict[str, Any], bytes]
 
-DEFAULT_TYPES = ("NEW", "DESTROY")
+DEFAULT_TYPES: tuple[str, ...] = tuple(_native.DEFAULT_TYPES)
 
 
 class EventStream:
@@ -58,10 +58,10 @@ class EventStream:
         *,
         netns: str | os.PathLike[str] | None = None,
         nat_only: bool = False,
-        buffer_bytes: int = 15_000_000,
+        buffer_bytes: int = _native.DEFAULT_BUFFER_BYTES,
         reliable: bool = False,
         as_json: bool = False,
-        queue_events: int = 65_536,
+        queue_events: int = _native.DEFAULT_QUEUE_EVENTS,
     ) -> None:
         if isinstance(types, str):
             types = [t for t in types.split(",") if t.strip()]
@@ -113,31 +113,13 @@ class EventStream:
         self.close()
 
 
-def events(
-    types: Iterable[str] = DEFAULT_TYPES,
-    *,
-    netns: str | os.PathLike[str] | None = None,
-    nat_only: bool = False,
-    buffer_bytes: int = 15_000_000,
-    reliable: bool = False,
-    as_json: bool = False,
-    queue_events: int = 65_536,
-) -> Iterator[Event]:
+def events(types: Iterable[str] = DEFAULT_TYPES, **options: Any) -> Iterator[Event]:
     """Yields events until the caller stops; takes EventStream's arguments.
 
     Subscribes at the call, not at the first `next()`, so traffic made after the call
     produces events.
     """
-    stream = EventStream(
-        types,
-        netns=netns,
-        nat_only=nat_only,
-        buffer_bytes=buffer_bytes,
-        reliable=reliable,
-        as_json=as_json,
-        queue_events=queue_events,
-    )
-    return _closing(stream)
+    return _closing(EventStream(types, **options))
 
 
 def _closing(stream: EventStream) -> Iterator[Event]:

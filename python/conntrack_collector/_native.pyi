@@ -7,6 +7,11 @@ from typing import Any
 from typing_extensions import Self, TypeAlias
 
 __version__: str
+# The stream's defaults, defined once in the Rust core.
+EVENT_TYPES: list[str]  # every type, in the kernel's order
+DEFAULT_TYPES: list[str]
+DEFAULT_BUFFER_BYTES: int
+DEFAULT_QUEUE_EVENTS: int
 
 Event: TypeAlias = dict[str, Any] | bytes
 
@@ -25,14 +30,14 @@ class EventStream:
 
     def __init__(
         self,
-        types: Sequence[str] = ("NEW", "DESTROY"),
+        types: Sequence[str] = ...,
         *,
         netns: str | os.PathLike[str] | None = None,
         nat_only: bool = False,
-        buffer_bytes: int = 15_000_000,
+        buffer_bytes: int = ...,
         reliable: bool = False,
         as_json: bool = False,
-        queue_events: int = 65_536,
+        queue_events: int = ...,
     ) -> None: ...
     @property
     def startup_warnings(self) -> list[str]:

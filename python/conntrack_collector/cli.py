@@ -13,7 +13,7 @@ import rich_click as click
 import yaml
 from click.core import ParameterSource
 
-from . import config, observers
+from . import _native, config, observers
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
 from .collector import RunSettings, open_stream, run
 from .errors import Error, ExitCode
@@ -23,7 +23,7 @@ from .router_id import default_router_id
 from .stats import CollectorStats
 
 PROG = "conntrack-event-collector"
-EVENT_TYPES = ("NEW", "UPDATE", "DESTROY")
+EVENT_TYPES = tuple(_native.EVENT_TYPES)
 # Options that are not settings: they cannot come from the file or the environment.
 NOT_SETTINGS = frozenset({"help", "config", "print_config"})
 
@@ -137,9 +137,9 @@ def tune_kernel_for(netns: str | None) -> None:
 @click.option("--netns", metavar="NAME",
               help="Watch this network namespace (a name under /run/netns, or a path); "
                    "the broker connection stays in ours")
-@click.option("--events", type=EventTypes(), default="NEW,DESTROY", metavar="TYPES",
+@click.option("--events", type=EventTypes(), default=",".join(_native.DEFAULT_TYPES), metavar="TYPES",
               help="Event types, comma-separated: NEW, UPDATE, DESTROY")
-@click.option("--buffer-size", type=click.IntRange(4096), default=15_000_000, metavar="BYTES",
+@click.option("--buffer-size", type=click.IntRange(4096), default=_native.DEFAULT_BUFFER_BYTES, metavar="BYTES",
               help="Netlink socket receive buffer, absorbs bursts before they are read")
 @click.option("--reliable", is_flag=True, default=False,
               help="Ask the kernel for reliable event delivery (NETLINK_BROADCAST_ERROR + "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable, Protocol, cast
 
+from . import _native
 from .broker import BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
 from .errors import Error, ExitCode
@@ -21,7 +22,6 @@ from .stats import CollectorStats
 log = logging.getLogger("conntrack_collector")
 
 POLL_TIMEOUT_S = 0.25  # how soon the loop notices a signal or a failed publisher
-READER_QUEUE_EVENTS = 65_536  # the reader thread's queue (EventStream's queue_events)
 TYPE_BY_INITIAL = {ord("N"): "NEW", ord("U"): "UPDATE", ord("D"): "DESTROY"}
 
 
@@ -196,7 +196,7 @@ def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorSt
         queued = int(stream.stats().get("queued", 0))
     except Exception:  # noqa: BLE001 - shutdown goes on and reports, whatever the reader says
         queued = 0
-    for _ in range(queued + READER_QUEUE_EVENTS):
+    for _ in range(queued + _native.DEFAULT_QUEUE_EVENTS):
         try:
             event = stream.poll(0.0)
         except (KeyboardInterrupt, Exception):  # noqa: BLE001 - a failed reader has no more
