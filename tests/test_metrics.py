@@ -14,7 +14,7 @@ import pika
 import pytest
 from collector_process import Collector, collector_command
 from conntrack_collector.metrics import MetricsAddressError, parse_address, serve_metrics
-from conntrack_collector.stats import CollectorStats
+from conntrack_collector.stats import CollectorStats, DropReason
 from netns_util import (
     conntrack_netns,
     flush_flows,
@@ -61,7 +61,7 @@ def test_exports_every_counter_from_the_stats_object() -> None:
     stats.received_by_type.update(NEW=7, DESTROY=5)
     stats.published, stats.republished, stats.confirmed = 10, 2, 9
     stats.nacked, stats.returned = 1, 1
-    stats.drop("buffer_full", 2)
+    stats.drop(DropReason.BUFFER_FULL, 2)
     stats.buffer_events, stats.buffer_bytes, stats.in_flight_events = 0, 0, 1
     stats.connection_state, stats.connections = "connected", 3
     stats.confirm_latency_s_sum, stats.confirm_latency_count = 0.5, 4

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from .stats import CollectorStats
+from .stats import CollectorStats, DropReason
 
 log = logging.getLogger("conntrack_collector")
 
@@ -78,7 +78,7 @@ class EventBuffer:
         return len(self._events)
 
     def _dropped(self) -> None:
-        self._stats.drop("buffer_full", 1)
+        self._stats.drop(DropReason.BUFFER_FULL, 1)
         self._drops_unlogged += 1
         now = time.monotonic()
         # The first drop is logged at once, later ones summed up every DROP_LOG_INTERVAL_S.

@@ -17,7 +17,7 @@ from .broker import BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
 from .errors import Error, ExitCode
 from .publisher import Publisher
-from .stats import CollectorStats
+from .stats import CollectorStats, DropReason
 
 log = logging.getLogger("conntrack_collector")
 
@@ -234,13 +234,14 @@ def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
             publisher.stop(settings.shutdown_timeout_s)
         undelivered = publisher.outstanding()
         if undelivered:
-            stats.drop("fatal" if publisher.fatal_error else "shutdown", undelivered)
+            stats.drop(DropReason.FATAL if publisher.fatal_error else DropReason.SHUTDOWN,
+                       undelivered)
         buffer.flush_drop_log()
     # Read by the reader thread but never handed to us: close() discards them. Rare (we took
     # all it had a moment before), but never silent.
     discarded = int(reader_stats.get("queued", 0) or 0)
     if discarded:
-        stats.drop("discarded_at_close", discarded)
+        stats.drop(DropReason.DISCARDED_AT_CLOSE, discarded)
     lost_in_reader = int(reader_stats.get("overruns", 0) or 0)
     summary = (f"received {stats.received + discarded} events"
                + (f", delivered {stats.confirmed}" if publisher else "")

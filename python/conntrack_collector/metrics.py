@@ -25,12 +25,11 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .stats import CollectorStats
+from .stats import CollectorStats, DropReason
 
 PREFIX = "conntrack_collector"
 EVENT_TYPES = ("NEW", "UPDATE", "DESTROY")
 # Shown even at 0, so an alert on them works before the first drop ever happens.
-DROP_REASONS = ("buffer_full", "shutdown", "fatal")
 CONNECTION_STATES = ("disconnected", "connecting", "connected", "blocked")
 
 StreamStats = Callable[[], Mapping[str, object]]
@@ -81,8 +80,8 @@ class CollectorMetrics(Collector):
         dropped = CounterMetricFamily(
             f"{PREFIX}_events_dropped", "Events lost by the collector, by reason.",
             labels=["reason"])
-        for reason in sorted(set(DROP_REASONS) | set(stats.dropped_by_reason)):
-            dropped.add_metric([reason], stats.dropped_by_reason.get(reason, 0))
+        for reason in DropReason:
+            dropped.add_metric([reason.value], stats.dropped_by_reason.get(reason, 0))
         yield dropped
 
         stream = self._stream_stats()

@@ -67,7 +67,7 @@ def take_snapshot(stats: CollectorStats, stream_stats: StreamStats) -> Snapshot:
         published=stats.published,
         republished=stats.republished,
         confirmed=stats.confirmed,
-        dropped_by_reason=dict(stats.dropped_by_reason),
+        dropped_by_reason={str(reason): n for reason, n in stats.dropped_by_reason.items()},
         buffer_events=stats.buffer_events,
         buffer_bytes=stats.buffer_bytes,
         in_flight_events=stats.in_flight_events,

@@ -7,6 +7,19 @@ integer attributes are enough under the GIL; readers may see a value a moment ol
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+
+class DropReason(str, Enum):
+    """Why events accepted from the kernel were never delivered; the metrics' label values."""
+
+    BUFFER_FULL = "buffer_full"  # the publish buffer was at its bound: the newest was refused
+    SHUTDOWN = "shutdown"  # still unconfirmed when the shutdown timeout ran out
+    FATAL = "fatal"  # still unconfirmed when a fatal error ended the run
+    DISCARDED_AT_CLOSE = "discarded_at_close"  # read by the reader thread, never handed over
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -15,8 +28,8 @@ class CollectorStats:
     received_by_type: dict[str, int] = field(
         default_factory=lambda: {"NEW": 0, "UPDATE": 0, "DESTROY": 0}
     )
-    # Events refused or abandoned, by reason: "buffer_full", "shutdown", "fatal".
-    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+    # Events refused or abandoned, by reason.
+    dropped_by_reason: dict[DropReason, int] = field(default_factory=dict)
 
     # Written by the publisher thread. Counted in events, not messages (a batch counts its events).
     published: int = 0  # first publish of an event
@@ -45,5 +58,5 @@ class CollectorStats:
     def dropped(self) -> int:
         return sum(self.dropped_by_reason.values())
 
-    def drop(self, reason: str, events: int) -> None:
+    def drop(self, reason: DropReason, events: int) -> None:
         self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + events
