@@ -126,7 +126,7 @@ def test_stats_count_what_was_delivered(netns: str) -> None:
     assert len(events) == 4
     assert stats["received"] == stats["delivered"] == 4
     assert stats["queued"] == 0 and stats["overruns"] == 0 and stats["decode_errors"] == 0
-    assert stats["buffer_bytes"] >= 15_000_000
+    assert stats["socket_buffer_bytes"] >= 15_000_000
 
 
 def test_sigint_stops_iteration_and_keeps_received_events(netns: str) -> None:

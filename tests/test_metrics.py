@@ -62,7 +62,7 @@ def test_exports_every_counter_from_the_stats_object() -> None:
     stats.published, stats.republished, stats.confirmed = 10, 2, 9
     stats.nacked, stats.returned = 1, 1
     stats.drop(DropReason.BUFFER_FULL, 2)
-    stats.buffer_events, stats.buffer_bytes, stats.in_flight_events = 0, 0, 1
+    stats.publish_buffer_events, stats.publish_buffer_bytes, stats.in_flight_events = 0, 0, 1
     stats.connection_state, stats.connections = "connected", 3
     stats.confirm_latency_s_sum, stats.confirm_latency_count = 0.5, 4
     stream = {"received": 13, "overruns": 4, "decode_errors": 1, "queued": 1}
@@ -87,7 +87,7 @@ def test_exports_every_counter_from_the_stats_object() -> None:
     assert value(samples, "decode_errors_total") == 1
     assert value(samples, "stream_received_total") == 13
     assert value(samples, "stream_queued_events") == 1
-    assert value(samples, "buffer_events") == 0
+    assert value(samples, "publish_buffer_events") == 0
     assert value(samples, "in_flight_events") == 1
     assert value(samples, "publish_confirm_latency_seconds_sum") == 0.5
     assert value(samples, "publish_confirm_latency_seconds_count") == 4
@@ -196,13 +196,13 @@ def test_numbers_add_up_while_events_flow() -> None:
             assert total(later, name) >= total(earlier, name), name
     for samples in during:
         assert total(samples, "events_confirmed_total") <= total(samples, "stream_received_total")
-    assert max(value(s, "buffer_events") + value(s, "in_flight_events") for s in during) > 0
+    assert max(value(s, "publish_buffer_events") + value(s, "in_flight_events") for s in during) > 0
     # At rest: every event received was published once and confirmed, nothing waits or is lost.
     assert value(final, "events_received_total", type="NEW") == FLOWS
     assert value(final, "events_received_total", type="DESTROY") == FLOWS
     received = total(final, "events_received_total")
     assert received == total(final, "stream_received_total") - value(final, "stream_queued_events")
-    assert received == (value(final, "events_published_total") + value(final, "buffer_events")
+    assert received == (value(final, "events_published_total") + value(final, "publish_buffer_events")
                         + total(final, "events_dropped_total"))
     assert value(final, "events_published_total") == value(final, "events_confirmed_total")
     assert value(final, "events_confirmed_total") == 2 * FLOWS
@@ -243,7 +243,7 @@ def test_numbers_add_up_when_the_broker_is_away() -> None:
             collector.stop()
 
     assert total(samples, "events_received_total") == 300
-    assert value(samples, "buffer_events") == 100
+    assert value(samples, "publish_buffer_events") == 100
     assert value(samples, "events_dropped_total", reason="buffer_full") == 200
     assert value(samples, "events_published_total") == 0
     assert value(samples, "broker_connected") == 0

@@ -85,7 +85,7 @@ def test_buffer_drops_the_newest_beyond_its_event_bound_and_counts() -> None:
     assert [buffer.put(bytes([i])) for i in range(5)] == [True, True, True, False, False]
     assert stats.dropped_by_reason == {"buffer_full": 2}
     assert buffer.take(10) == [b"\x00", b"\x01", b"\x02"]  # the oldest kept, in order
-    assert stats.buffer_events == 0
+    assert stats.publish_buffer_events == 0
 
 
 def test_buffer_bound_in_bytes() -> None:
@@ -93,7 +93,7 @@ def test_buffer_bound_in_bytes() -> None:
     buffer = EventBuffer(max_events=100, max_bytes=10, stats=stats)
     assert buffer.put(b"12345") and buffer.put(b"12345")
     assert not buffer.put(b"1")
-    assert stats.buffer_bytes == 10 and stats.dropped == 1
+    assert stats.publish_buffer_bytes == 10 and stats.dropped == 1
 
 
 def test_buffer_drop_is_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -90,7 +90,7 @@ class EventStream:
 
     def stats(self) -> dict[str, int]:
         """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
-        buffer_bytes (the receive buffer the kernel granted)."""
+        socket_buffer_bytes (the receive buffer the kernel granted)."""
         return self._native.stats()
 
     @property

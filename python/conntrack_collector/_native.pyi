@@ -50,7 +50,7 @@ class EventStream:
         """One event, or None if none arrives within `timeout_s` seconds."""
     def stats(self) -> dict[str, int]:
         """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
-        buffer_bytes."""
+        socket_buffer_bytes."""
     def close(self) -> None:
         """Stops and joins the reader thread; queued events are discarded."""
     def __enter__(self) -> Self: ...

@@ -43,8 +43,8 @@ class EventBuffer:
                 return False
             self._events.append(event)
             self._bytes += size
-            self._stats.buffer_events = len(self._events)
-            self._stats.buffer_bytes = self._bytes
+            self._stats.publish_buffer_events = len(self._events)
+            self._stats.publish_buffer_bytes = self._bytes
             waker, self._waker = self._waker, None
         if waker is not None:
             waker()
@@ -57,8 +57,8 @@ class EventBuffer:
             n = min(max_events, len(self._events))
             taken = [self._events.popleft() for _ in range(n)]
             self._bytes -= sum(map(len, taken))
-            self._stats.buffer_events = len(self._events)
-            self._stats.buffer_bytes = self._bytes
+            self._stats.publish_buffer_events = len(self._events)
+            self._stats.publish_buffer_bytes = self._bytes
             if not taken:
                 self._waker = waker
             return taken
@@ -69,8 +69,8 @@ class EventBuffer:
             n = len(self._events)
             self._events.clear()
             self._bytes = 0
-            self._stats.buffer_events = 0
-            self._stats.buffer_bytes = 0
+            self._stats.publish_buffer_events = 0
+            self._stats.publish_buffer_bytes = 0
             self._waker = None
             return n
 

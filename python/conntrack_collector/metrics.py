@@ -97,9 +97,9 @@ class CollectorMetrics(Collector):
                      "Events decoded by the reader thread, not yet taken by the collector.",
                      _int(stream, "queued"))
 
-        yield _gauge("buffer_events", "Events waiting to be published.", stats.buffer_events)
-        yield _gauge("buffer_bytes", "Bytes of the events waiting to be published.",
-                     stats.buffer_bytes)
+        yield _gauge("publish_buffer_events", "Events waiting to be published.", stats.publish_buffer_events)
+        yield _gauge("publish_buffer_bytes", "Bytes of the events waiting to be published.",
+                     stats.publish_buffer_bytes)
         yield _gauge("in_flight_events", "Events published and not yet confirmed.",
                      stats.in_flight_events)
 

@@ -42,8 +42,8 @@ class Snapshot:
     republished: int
     confirmed: int
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
-    buffer_events: int = 0
-    buffer_bytes: int = 0
+    publish_buffer_events: int = 0
+    publish_buffer_bytes: int = 0
     in_flight_events: int = 0
     overruns: int = 0
     decode_errors: int = 0
@@ -68,8 +68,8 @@ def take_snapshot(stats: CollectorStats, stream_stats: StreamStats) -> Snapshot:
         republished=stats.republished,
         confirmed=stats.confirmed,
         dropped_by_reason={str(reason): n for reason, n in stats.dropped_by_reason.items()},
-        buffer_events=stats.buffer_events,
-        buffer_bytes=stats.buffer_bytes,
+        publish_buffer_events=stats.publish_buffer_events,
+        publish_buffer_bytes=stats.publish_buffer_bytes,
         in_flight_events=stats.in_flight_events,
         overruns=stream_int("overruns"),
         decode_errors=stream_int("decode_errors"),
@@ -91,7 +91,7 @@ def summary_line(earlier: Snapshot | None, now: Snapshot) -> str:
         f"received={now.received} ({rate_per_s(earlier, now, 'received'):.1f}/s)"
         f" confirmed={now.confirmed} ({rate_per_s(earlier, now, 'confirmed'):.1f}/s)"
         f" published={now.published} republished={now.republished}"
-        f" buffer={now.buffer_events} events/{now.buffer_bytes} bytes"
+        f" buffer={now.publish_buffer_events} events/{now.publish_buffer_bytes} bytes"
         f" in_flight={now.in_flight_events}"
         f" dropped={now.dropped}{f' ({drops})' if drops else ''}"
         f" overruns={now.overruns} decode_errors={now.decode_errors}"
@@ -110,7 +110,8 @@ def live_table(earlier: Snapshot | None, now: Snapshot) -> Table:
     table.add_row("confirmed", f"{now.confirmed:,}",
                   f"{rate_per_s(earlier, now, 'confirmed'):,.1f}/s")
     table.add_row("published", f"{now.published:,}", f"again: {now.republished:,}")
-    table.add_row("buffer", f"{now.buffer_events:,}", f"events, {now.buffer_bytes:,} bytes")
+    table.add_row("buffer", f"{now.publish_buffer_events:,}",
+                  f"events, {now.publish_buffer_bytes:,} bytes")
     table.add_row("in flight", f"{now.in_flight_events:,}", "")
     drops = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(now.dropped_by_reason.items()))
     style = "red" if now.dropped or now.overruns else ""

@@ -46,8 +46,8 @@ class CollectorStats:
     confirm_latency_count: int = 0
 
     # Kept current by the buffer.
-    buffer_events: int = 0
-    buffer_bytes: int = 0
+    publish_buffer_events: int = 0
+    publish_buffer_bytes: int = 0
     in_flight_events: int = 0
 
     @property
