@@ -1,7 +1,7 @@
 //! Netlink bytes to `Event`.
 //!
 //! `netlink-packet-netfilter` parses the headers, tuples, status and mark. What it leaves as
-//! raw attributes (id, counters, zone, timestamps, ICMP identity) is read here. No input
+//! raw attributes (id, counters, zone, timestamps, labels, ICMP identity) is read here. No input
 //! panics: anything malformed is an `Err`, which the reader counts and skips.
 
 use std::borrow::Cow;
@@ -22,6 +22,7 @@ const CTA_COUNTERS_REPLY: u16 = 10;
 const CTA_ID: u16 = 12;
 const CTA_ZONE: u16 = 18;
 const CTA_TIMESTAMP: u16 = 20;
+const CTA_LABELS: u16 = 22;
 
 // Inside CTA_COUNTERS_* (`enum ctattr_counters`).
 const CTA_COUNTERS_PACKETS: u16 = 1;
@@ -131,6 +132,7 @@ pub fn decode(message: &[u8], timestamp_ms: u64) -> Result<Event, Skip> {
         mark: None,
         zone: None,
         tcp_state: None,
+        labels: None,
         start_ns: None,
         stop_ns: None,
     };
@@ -279,10 +281,29 @@ fn read_raw_attribute(nla: &DefaultNla, event: &mut Event) -> Result<(), Skip> {
                 }
             }
         }
-        // Unknown attributes (labels, helper, sequence adjustments, ...) are skipped.
+        CTA_LABELS => event.labels = Some(labels(&nla_value(nla))?),
+        // Unknown attributes (helper, sequence adjustments, ...) are skipped.
         _ => {}
     }
     Ok(())
+}
+
+/// The label bitmap: native-endian 32-bit words, as libnetfilter_conntrack reads them.
+/// Words past the kernel's 128 bits (NF_CT_LABELS_MAX_SIZE) would be a newer kernel's;
+/// they are ignored rather than costing the event.
+fn labels(value: &[u8]) -> Result<u128, Skip> {
+    if value.len() % 4 != 0 {
+        return Err(Skip::Malformed(format!(
+            "CTA_LABELS of {} bytes, not a whole number of 32-bit words",
+            value.len()
+        )));
+    }
+    let mut bits = 0u128;
+    for (index, word) in value.chunks_exact(4).take(4).enumerate() {
+        let word = u32::from_ne_bytes(exact(word)?);
+        bits |= u128::from(word) << (32 * index);
+    }
+    Ok(bits)
 }
 
 fn read_counters(value: &[u8], direction: &mut Direction) -> Result<(), Skip> {

@@ -79,7 +79,11 @@ pub struct Event {
     pub status: u32,
     pub mark: Option<u32>,
     pub zone: Option<u16>,
+    /// CTA_PROTOINFO_TCP_STATE (`enum tcp_conntrack`), for TCP flows.
     pub tcp_state: Option<u8>,
+    /// CTA_LABELS: bit n set means label n (the kernel has 128 of them). Events carry it
+    /// only when the labels changed.
+    pub labels: Option<u128>,
     /// CTA_TIMESTAMP start and stop, nanoseconds since the epoch (needs nf_conntrack_timestamp=1).
     pub start_ns: Option<u64>,
     pub stop_ns: Option<u64>,
@@ -90,6 +94,43 @@ pub const IPS_ASSURED: u32 = 1 << 2;
 pub const IPS_SRC_NAT: u32 = 1 << 4;
 pub const IPS_DST_NAT: u32 = 1 << 5;
 pub const IPS_SRC_NAT_DONE: u32 = 1 << 7;
+
+/// The names of the status bits (`enum ip_conntrack_status`), bit 0 first, without `IPS_`.
+/// Bit 12 is IPS_UNTRACKED, which no event carries; the kernel reuses it as IPS_NAT_CLASH.
+pub const STATUS_NAMES: [&str; 16] = [
+    "EXPECTED",
+    "SEEN_REPLY",
+    "ASSURED",
+    "CONFIRMED",
+    "SRC_NAT",
+    "DST_NAT",
+    "SEQ_ADJUST",
+    "SRC_NAT_DONE",
+    "DST_NAT_DONE",
+    "DYING",
+    "FIXED_TIMEOUT",
+    "TEMPLATE",
+    "NAT_CLASH",
+    "HELPER",
+    "OFFLOAD",
+    "HW_OFFLOAD",
+];
+
+/// TCP states (`enum tcp_conntrack`) as `conntrack` prints them.
+const TCP_STATE_NAMES: [&str; 10] = [
+    "NONE",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+    "SYN_SENT2",
+];
+
+pub const NS_PER_MS: u64 = 1_000_000;
 
 impl Event {
     pub fn unreplied(&self) -> bool {
@@ -108,6 +149,43 @@ impl Event {
 
     pub fn l3proto_name(&self) -> &'static str {
         l3proto_name(self.l3proto)
+    }
+
+    /// The names of the status bits set, lowest bit first; bits without a name are left out.
+    pub fn status_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        STATUS_NAMES
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| self.status & (1 << bit) != 0)
+            .map(|(_, name)| *name)
+    }
+
+    /// The TCP state's name; None for other protocols and for numbers without a name.
+    pub fn tcp_state_name(&self) -> Option<&'static str> {
+        self.tcp_state
+            .and_then(|state| TCP_STATE_NAMES.get(usize::from(state)).copied())
+    }
+
+    /// The set label bits, lowest first; None when the event carries no labels.
+    pub fn label_bits(&self) -> Option<impl Iterator<Item = u32>> {
+        let labels = self.labels?;
+        Some((0..u128::BITS).filter(move |bit| labels & (1u128 << bit) != 0))
+    }
+
+    /// The flow's start, in milliseconds since the epoch. The kernel sends a flow's times
+    /// with its DESTROY event only, and only with nf_conntrack_timestamp=1.
+    pub fn start_ms(&self) -> Option<u64> {
+        self.start_ns.map(|ns| ns / NS_PER_MS)
+    }
+
+    /// The flow's end, likewise.
+    pub fn stop_ms(&self) -> Option<u64> {
+        self.stop_ns.map(|ns| ns / NS_PER_MS)
+    }
+
+    /// `stop_ms - start_ms`, so the three numbers of a message always add up.
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.stop_ms()?.saturating_sub(self.start_ms()?))
     }
 }
 

@@ -1,77 +1,120 @@
 //! `Event` to the JSON message of the reference (aarnaud/conntrack-event-collector), written
 //! straight into bytes: the publisher's fast path.
 //!
-//! Keys, order and casing are the contract (README, "The message"). Every string we
-//! write is an address or a fixed name, so nothing needs escaping.
+//! Keys, order and casing are the schema's (`schema.rs`, after the reference's contract: the
+//! README, "The message"); this file only spells them as JSON. Every string we write is an
+//! address or a fixed name, so nothing needs escaping.
 
+use std::convert::Infallible;
 use std::io::Write;
 
-use crate::event::{l4proto_name, Direction, Event};
+use crate::event::Event;
+use crate::schema::{walk, Fields, Key, Scalar, Visitor};
 
-/// Appends the event's JSON object to `out`.
+/// Appends the event's JSON object, in the reference's schema, to `out`.
 pub fn write_event(event: &Event, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"Timestamp\":");
-    write_uint(out, event.timestamp_ms);
-    out.extend_from_slice(b",\"Type\":\"");
-    out.extend_from_slice(event.event_type.name().as_bytes());
-    out.extend_from_slice(b"\",\"Id\":");
-    write_uint(out, u64::from(event.id));
-    out.extend_from_slice(b",\"Original\":");
-    write_direction(event, &event.original, out);
-    out.extend_from_slice(b",\"Reply\":");
-    write_direction(event, &event.reply, out);
-    out.extend_from_slice(b",\"UNREPLIED\":");
-    out.extend_from_slice(bool_text(event.unreplied()));
-    out.extend_from_slice(b",\"ASSURED\":");
-    out.extend_from_slice(bool_text(event.assured()));
-    out.push(b'}');
+    write_event_with(event, Fields::NONE, out);
 }
 
-pub fn to_json(event: &Event) -> Vec<u8> {
-    let mut out = Vec::with_capacity(480);
-    write_event(event, &mut out);
-    out
-}
-
-fn write_direction(event: &Event, direction: &Direction, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"Layer3\":{\"Protonum\":");
-    write_uint(out, u64::from(event.l3proto));
-    out.extend_from_slice(b",\"Protoname\":\"");
-    out.extend_from_slice(event.l3proto_name().as_bytes());
-    out.extend_from_slice(b"\",\"Src\":\"");
-    write_address(out, direction.src);
-    out.extend_from_slice(b"\",\"Dst\":\"");
-    write_address(out, direction.dst);
-    out.extend_from_slice(b"\"},\"Layer4\":{\"Protonum\":");
-    write_uint(out, u64::from(direction.l4proto));
-    out.extend_from_slice(b",\"Protoname\":\"");
-    out.extend_from_slice(l4proto_name(direction.l4proto).as_bytes());
-    out.extend_from_slice(b"\",\"Sport\":");
-    write_uint(out, u64::from(direction.sport));
-    out.extend_from_slice(b",\"Dport\":");
-    write_uint(out, u64::from(direction.dport));
-    out.extend_from_slice(b"},\"Counter\":{\"Packets\":");
-    write_uint(out, direction.packets);
-    out.extend_from_slice(b",\"Bytes\":");
-    write_uint(out, direction.bytes);
-    out.extend_from_slice(b"}}");
-}
-
-fn write_uint(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-}
-
-fn write_address(out: &mut Vec<u8>, address: Option<std::net::IpAddr>) {
-    if let Some(address) = address {
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{address}");
+/// Appends the event's JSON object with the opt-in `fields` to `out`.
+pub fn write_event_with(event: &Event, fields: Fields, out: &mut Vec<u8>) {
+    let mut writer = JsonWriter {
+        out,
+        depth: 0,
+        lists: 0,
+    };
+    match walk(event, fields, &mut writer) {
+        Ok(()) => {}
+        Err(never) => match never {},
     }
 }
 
-fn bool_text(value: bool) -> &'static [u8] {
-    if value {
-        b"true"
-    } else {
-        b"false"
+pub fn to_json(event: &Event) -> Vec<u8> {
+    to_json_with(event, Fields::NONE)
+}
+
+pub fn to_json_with(event: &Event, fields: Fields) -> Vec<u8> {
+    let mut out = Vec::with_capacity(480);
+    write_event_with(event, fields, &mut out);
+    out
+}
+
+struct JsonWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// Objects and lists open; at 0 nothing precedes the value in this message.
+    depth: u32,
+    /// One bit per open container, innermost lowest: 1 for a list. The schema nests 3 deep.
+    lists: u64,
+}
+
+impl JsonWriter<'_> {
+    /// A value or key that is not the first of its object or list follows a comma.
+    fn separate(&mut self) {
+        if self.depth > 0 && !matches!(self.out.last(), Some(b'{' | b'[' | b':')) {
+            self.out.push(b',');
+        }
+    }
+
+    fn open(&mut self, opener: u8, is_list: bool) {
+        self.separate();
+        self.out.push(opener);
+        self.depth += 1;
+        self.lists = (self.lists << 1) | u64::from(is_list);
+    }
+}
+
+impl Visitor for JsonWriter<'_> {
+    type Error = Infallible;
+
+    fn begin_object(&mut self) -> Result<(), Infallible> {
+        self.open(b'{', false);
+        Ok(())
+    }
+
+    fn begin_list(&mut self) -> Result<(), Infallible> {
+        self.open(b'[', true);
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), Infallible> {
+        let closer = if self.lists & 1 == 1 { b']' } else { b'}' };
+        self.lists >>= 1;
+        self.depth -= 1;
+        self.out.push(closer);
+        Ok(())
+    }
+
+    fn key(&mut self, key: Key) -> Result<(), Infallible> {
+        self.separate();
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.name().as_bytes());
+        self.out.extend_from_slice(b"\":");
+        Ok(())
+    }
+
+    fn scalar(&mut self, value: Scalar) -> Result<(), Infallible> {
+        self.separate();
+        match value {
+            Scalar::Uint(number) => self
+                .out
+                .extend_from_slice(itoa::Buffer::new().format(number).as_bytes()),
+            Scalar::Bool(true) => self.out.extend_from_slice(b"true"),
+            Scalar::Bool(false) => self.out.extend_from_slice(b"false"),
+            Scalar::Text(text) => {
+                self.out.push(b'"');
+                self.out.extend_from_slice(text.as_bytes());
+                self.out.push(b'"');
+            }
+            Scalar::Address(address) => {
+                self.out.push(b'"');
+                if let Some(address) = address {
+                    // Writing into a Vec cannot fail.
+                    let _ = write!(self.out, "{address}");
+                }
+                self.out.push(b'"');
+            }
+            Scalar::Null => self.out.extend_from_slice(b"null"),
+        }
+        Ok(())
     }
 }

@@ -48,6 +48,17 @@ pub fn settings_warnings() -> Vec<String> {
     warnings
 }
 
+/// The kernel stamps a flow's start and stop only with nf_conntrack_timestamp=1; without it
+/// the `timestamps` fields stay null.
+pub fn timestamps_warning() -> Option<String> {
+    (read_sysctl(&format!("{SYSCTL_DIR}/nf_conntrack_timestamp")) == Some(0)).then(|| {
+        "net.netfilter.nf_conntrack_timestamp=0: Start, Stop and Duration will be null \
+         (enable flow timestamps with `sysctl -w net.netfilter.nf_conntrack_timestamp=1`, \
+         or --tune-kernel)"
+            .to_string()
+    })
+}
+
 /// `net.core.rmem_max`: the most an unprivileged SO_RCVBUF can ask for.
 pub fn rmem_max_bytes() -> Option<i64> {
     read_sysctl("/proc/sys/net/core/rmem_max")

@@ -1,7 +1,8 @@
 //! conntrack events from the kernel's ctnetlink multicast groups.
 //!
 //! The data flows one way: `socket` (the netlink socket) -> `reader` (its own thread)
-//! -> `decode` (bytes to `Event`) -> `queue` (bounded) -> consumer (`json`, or `python`).
+//! -> `decode` (bytes to `Event`) -> `queue` (bounded) -> consumer (`json`, or `python`);
+//! both consumers follow the one description of the message in `schema`.
 //! Everything but `python.rs` is plain Rust, tested without Python.
 
 pub mod decode;
@@ -11,6 +12,7 @@ pub mod json;
 pub mod kernel;
 pub mod queue;
 pub mod reader;
+pub mod schema;
 pub mod socket;
 
 #[cfg(feature = "python")]
@@ -21,3 +23,4 @@ mod tests;
 
 pub use error::Error;
 pub use event::{Direction, Event, EventType};
+pub use schema::{Field, Fields};

@@ -8,18 +8,19 @@ use pyo3::create_exception;
 use pyo3::exceptions::{
     PyException, PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError,
 };
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::decode;
 use crate::error::Error;
-use crate::event::{l4proto_name, Direction, Event, EventType};
+use crate::event::{Event, EventType};
 use crate::json;
 use crate::queue::Pop;
 use crate::reader::{
     netns_path, Options, Stream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_EVENTS, DEFAULT_TYPES,
 };
+use crate::schema::{self, Field, Fields, Key, Scalar};
 
 create_exception!(
     conntrack_collector._native,
@@ -53,6 +54,8 @@ impl From<Error> for PyErr {
 struct EventStream {
     stream: Stream,
     as_json: bool,
+    /// The opt-in fields each event carries after ASSURED.
+    fields: Fields,
     /// The overrun total last logged, and when.
     overruns_logged: Mutex<(u64, Option<Instant>)>,
 }
@@ -69,6 +72,7 @@ impl EventStream {
         reliable = false,
         as_json = false,
         queue_events = DEFAULT_QUEUE_EVENTS,
+        fields = Vec::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -80,7 +84,9 @@ impl EventStream {
         reliable: bool,
         as_json: bool,
         queue_events: usize,
+        fields: Vec<String>,
     ) -> PyResult<Self> {
+        let fields = parse_fields(&fields)?;
         let types = types
             .iter()
             .map(|name| {
@@ -98,11 +104,13 @@ impl EventStream {
             buffer_bytes,
             reliable,
             queue_events,
+            fields,
         };
         let stream = py.allow_threads(|| Stream::start(options))?;
         Ok(EventStream {
             stream,
             as_json,
+            fields,
             overruns_logged: Mutex::new((0, None)),
         })
     }
@@ -161,7 +169,10 @@ impl EventStream {
         dict.set_item("decode_errors", stats.decode_errors)?;
         dict.set_item("queued", queued)?;
         dict.set_item("peak_queued", stats.peak_queued)?;
-        dict.set_item("socket_buffer_bytes", self.stream.started.buffer_bytes_granted)?;
+        dict.set_item(
+            "socket_buffer_bytes",
+            self.stream.started.buffer_bytes_granted,
+        )?;
         Ok(dict)
     }
 
@@ -186,7 +197,7 @@ impl EventStream {
         if overruns > 0 {
             self.log_overruns(py, overruns)?;
         }
-        to_python(py, event, self.as_json)
+        to_python(py, event, self.as_json, self.fields)
     }
 
     fn log_overruns(&self, py: Python<'_>, overruns: u64) -> PyResult<()> {
@@ -218,73 +229,149 @@ fn default_type_names() -> Vec<String> {
     DEFAULT_TYPES.iter().map(|t| t.name().to_string()).collect()
 }
 
-fn to_python(py: Python<'_>, event: &Event, as_json: bool) -> PyResult<PyObject> {
+fn to_python(py: Python<'_>, event: &Event, as_json: bool, fields: Fields) -> PyResult<PyObject> {
     if as_json {
-        Ok(PyBytes::new(py, &json::to_json(event)).into_any().unbind())
+        let json = json::to_json_with(event, fields);
+        Ok(PyBytes::new(py, &json).into_any().unbind())
     } else {
-        Ok(event_dict(py, event)?.into_any().unbind())
+        Ok(event_dict(py, event, fields)?.into_any().unbind())
     }
 }
 
-/// The same content as `json::write_event`, as a dict with the keys in the same order.
-fn event_dict<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    dict.set_item(intern!(py, "Timestamp"), event.timestamp_ms)?;
-    dict.set_item(intern!(py, "Type"), event.event_type.name())?;
-    dict.set_item(intern!(py, "Id"), event.id)?;
-    dict.set_item(
-        intern!(py, "Original"),
-        direction_dict(py, event, &event.original)?,
-    )?;
-    dict.set_item(
-        intern!(py, "Reply"),
-        direction_dict(py, event, &event.reply)?,
-    )?;
-    dict.set_item(intern!(py, "UNREPLIED"), event.unreplied())?;
-    dict.set_item(intern!(py, "ASSURED"), event.assured())?;
-    Ok(dict)
+/// The same walk as `json::write_event_with`, as a dict with the keys in the same order.
+fn event_dict<'py>(py: Python<'py>, event: &Event, fields: Fields) -> PyResult<Bound<'py, PyDict>> {
+    let mut builder = DictBuilder {
+        py,
+        keys: interned_keys(py),
+        open: Vec::with_capacity(4),
+        key: None,
+        root: None,
+    };
+    schema::walk(event, fields, &mut builder)?;
+    builder
+        .root
+        .ok_or_else(|| PyValueError::new_err("the event's walk made no object"))
 }
 
-fn direction_dict<'py>(
+/// Every key as a Python string made once, indexed by `Key::index`.
+fn interned_keys(py: Python<'_>) -> &[Py<PyString>] {
+    static KEYS: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
+    KEYS.get_or_init(py, || {
+        Key::ALL
+            .iter()
+            .map(|key| PyString::intern(py, key.name()).unbind())
+            .collect()
+    })
+}
+
+enum Container<'py> {
+    Object(Bound<'py, PyDict>),
+    List(Bound<'py, PyList>),
+}
+
+/// Builds nested dicts and lists from the schema's walk.
+struct DictBuilder<'a, 'py> {
     py: Python<'py>,
-    event: &Event,
-    direction: &Direction,
-) -> PyResult<Bound<'py, PyDict>> {
-    let address = |a: Option<std::net::IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    let layer3 = PyDict::new(py);
-    layer3.set_item(intern!(py, "Protonum"), event.l3proto)?;
-    layer3.set_item(intern!(py, "Protoname"), event.l3proto_name())?;
-    layer3.set_item(intern!(py, "Src"), address(direction.src))?;
-    layer3.set_item(intern!(py, "Dst"), address(direction.dst))?;
-    let layer4 = PyDict::new(py);
-    layer4.set_item(intern!(py, "Protonum"), direction.l4proto)?;
-    layer4.set_item(intern!(py, "Protoname"), l4proto_name(direction.l4proto))?;
-    layer4.set_item(intern!(py, "Sport"), direction.sport)?;
-    layer4.set_item(intern!(py, "Dport"), direction.dport)?;
-    let counter = PyDict::new(py);
-    counter.set_item(intern!(py, "Packets"), direction.packets)?;
-    counter.set_item(intern!(py, "Bytes"), direction.bytes)?;
-    let dict = PyDict::new(py);
-    dict.set_item(intern!(py, "Layer3"), layer3)?;
-    dict.set_item(intern!(py, "Layer4"), layer4)?;
-    dict.set_item(intern!(py, "Counter"), counter)?;
-    Ok(dict)
+    keys: &'a [Py<PyString>],
+    /// Open containers, innermost last, each with the key it will have in its parent.
+    open: Vec<(Option<Key>, Container<'py>)>,
+    /// The key the next value goes under.
+    key: Option<Key>,
+    root: Option<Bound<'py, PyDict>>,
+}
+
+impl<'py> DictBuilder<'_, 'py> {
+    fn insert(&mut self, value: Bound<'py, PyAny>) -> PyResult<()> {
+        match self.open.last() {
+            Some((_, Container::Object(dict))) => {
+                let key = self.key.take().ok_or_else(|| {
+                    PyValueError::new_err("the event's walk gave a value without a key")
+                })?;
+                dict.set_item(self.keys[key.index()].bind(self.py), value)
+            }
+            Some((_, Container::List(list))) => list.append(value),
+            None => Err(PyValueError::new_err(
+                "the event's walk gave a value outside its object",
+            )),
+        }
+    }
+}
+
+impl<'py> schema::Visitor for DictBuilder<'_, 'py> {
+    type Error = PyErr;
+
+    fn begin_object(&mut self) -> PyResult<()> {
+        let dict = PyDict::new(self.py);
+        self.open.push((self.key.take(), Container::Object(dict)));
+        Ok(())
+    }
+
+    fn begin_list(&mut self) -> PyResult<()> {
+        let list = PyList::empty(self.py);
+        self.open.push((self.key.take(), Container::List(list)));
+        Ok(())
+    }
+
+    fn end(&mut self) -> PyResult<()> {
+        let Some((key, container)) = self.open.pop() else {
+            return Err(PyValueError::new_err(
+                "the event's walk closed more than it opened",
+            ));
+        };
+        let value = match container {
+            Container::Object(dict) if self.open.is_empty() => {
+                self.root = Some(dict);
+                return Ok(());
+            }
+            Container::Object(dict) => dict.into_any(),
+            Container::List(list) => list.into_any(),
+        };
+        self.key = key;
+        self.insert(value)
+    }
+
+    fn key(&mut self, key: Key) -> PyResult<()> {
+        self.key = Some(key);
+        Ok(())
+    }
+
+    fn scalar(&mut self, value: Scalar) -> PyResult<()> {
+        let py = self.py;
+        let value = match value {
+            Scalar::Uint(number) => number.into_pyobject(py)?.into_any(),
+            Scalar::Bool(flag) => PyBool::new(py, flag).to_owned().into_any(),
+            Scalar::Text(text) => PyString::new(py, text).into_any(),
+            Scalar::Address(address) => {
+                let text = address.map(|a| a.to_string()).unwrap_or_default();
+                PyString::new(py, &text).into_any()
+            }
+            Scalar::Null => py.None().into_bound(py),
+        };
+        self.insert(value)
+    }
+}
+
+/// `["state", "zone"]` -> the set; an unknown name is a ValueError naming the known ones.
+fn parse_fields(names: &[String]) -> PyResult<Fields> {
+    Fields::parse(names.iter().map(String::as_str)).map_err(PyValueError::new_err)
 }
 
 /// Decodes recorded netlink bytes (one datagram) the way the reader does; for tests and
 /// tools that replay captures. Malformed messages raise ConntrackError.
 #[pyfunction]
-#[pyo3(signature = (datagram, *, timestamp_ms = 0, as_json = false))]
+#[pyo3(signature = (datagram, *, timestamp_ms = 0, as_json = false, fields = Vec::new()))]
 fn decode_datagram(
     py: Python<'_>,
     datagram: &[u8],
     timestamp_ms: u64,
     as_json: bool,
+    fields: Vec<String>,
 ) -> PyResult<Vec<PyObject>> {
+    let fields = parse_fields(&fields)?;
     let mut events = Vec::new();
     for message in decode::split_messages(datagram) {
         match message.and_then(|m| decode::decode(m, timestamp_ms)) {
-            Ok(event) => events.push(to_python(py, &event, as_json)?),
+            Ok(event) => events.push(to_python(py, &event, as_json, fields)?),
             Err(decode::Skip::NotAnEvent) => {}
             Err(decode::Skip::Malformed(reason)) => {
                 return Err(ConntrackError::new_err(format!(
@@ -305,6 +392,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_BUFFER_BYTES", DEFAULT_BUFFER_BYTES)?;
     m.add("DEFAULT_QUEUE_EVENTS", DEFAULT_QUEUE_EVENTS)?;
     m.add("ConntrackError", m.py().get_type::<ConntrackError>())?;
+    let field_names: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+    m.add("FIELDS", PyTuple::new(m.py(), field_names)?)?;
     m.add_class::<EventStream>()?;
     m.add_function(wrap_pyfunction!(decode_datagram, m)?)?;
     Ok(())

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::event::EventType;
 use crate::kernel;
 use crate::queue::{Pop, Queue, Stats};
+use crate::schema::{Field, Fields};
 use crate::socket::{EventSocket, Received};
 
 /// How long one `recv` may block, so a stop request is seen within this time.
@@ -44,6 +45,8 @@ pub struct Options {
     pub reliable: bool,
     /// Events the queue holds before the reader stops reading.
     pub queue_events: usize,
+    /// The opt-in fields the consumer writes: start-up warns when the kernel leaves them empty.
+    pub fields: Fields,
 }
 
 impl Default for Options {
@@ -55,6 +58,7 @@ impl Default for Options {
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             reliable: false,
             queue_events: DEFAULT_QUEUE_EVENTS,
+            fields: Fields::NONE,
         }
     }
 }
@@ -229,6 +233,9 @@ fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Sta
         .set_receive_timeout(RECV_SLICE)
         .map_err(|e| Error::os("cannot set a receive timeout", e))?;
     started.warnings.extend(kernel::settings_warnings());
+    if options.fields.contains(Field::Timestamps) {
+        started.warnings.extend(kernel::timestamps_warning());
+    }
     Ok((socket, started))
 }
 

@@ -1,16 +1,18 @@
-//! Arbitrary bytes as one received datagram: split, decoded, and every event written as JSON.
+//! Arbitrary bytes as one received datagram: split, decoded, and every event written as JSON
+//! with every opt-in field.
 //! Nothing may panic, and the JSON must always parse. Seeded with `rust/testdata/*.bin`.
 #![no_main]
 
 use conntrack_collector::decode::{decode, split_messages};
-use conntrack_collector::json::to_json;
+use conntrack_collector::json::to_json_with;
+use conntrack_collector::Fields;
 use libfuzzer_sys::fuzz_target;
 
 fn check(event: &conntrack_collector::Event) {
-    let json = to_json(event);
+    let json = to_json_with(event, Fields::all());
     if let Err(error) = serde_json::from_slice::<serde_json::Value>(&json) {
         panic!(
-            "to_json wrote invalid JSON ({error}): {}",
+            "to_json_with wrote invalid JSON ({error}): {}",
             String::from_utf8_lossy(&json)
         );
     }

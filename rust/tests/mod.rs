@@ -7,8 +7,8 @@
 //! run under qemu-user for the cross targets too. The netlink header and attribute headers are
 //! native-endian; the captures are little-endian (x86_64), as are armv7 and mipsel.
 //!
-//! The tests live in one file per concern (`golden`, `json`, `robustness`); this module holds
-//! the fixtures and message builders they share. The queue's tests are in `queue.rs`.
+//! The tests live in one file per concern (`golden`, `json`, `robustness`, `fields` for the
+//! opt-in fields); this module holds the fixtures and message builders they share. The queue's tests are in `queue.rs`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -38,6 +38,7 @@ const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_COUNTERS_PAD: u16 = 5;
 const CTA_TIMESTAMP_PAD: u16 = 3;
 
+mod fields;
 mod golden;
 mod json;
 mod robustness;
