@@ -18,13 +18,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
 from . import _native
-from ._native import ConntrackError, decode_datagram
+from ._native import FIELDS, ConntrackError, decode_datagram
 
 if TYPE_CHECKING:
     # Annotations only: typing_extensions is not a runtime dependency.
     from typing_extensions import Self
 
-__all__ = ["ConntrackError", "Event", "EventStream", "__version__", "decode_datagram", "events"]
+__all__ = ["FIELDS", "ConntrackError", "Event", "EventStream", "__version__", "decode_datagram",
+           "events"]
 __version__: str = _native.__version__
 
 logger = logging.getLogger("conntrack_collector")
@@ -50,6 +51,8 @@ class EventStream:
         dropping them (NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS).
     as_json: give the JSON message as bytes instead of a dict.
     queue_events: events held between the reader thread and you before it stops reading.
+    fields: opt-in keys after ASSURED, any of FIELDS ("timestamps", "state", "zone", "mark",
+        "labels", "icmp", "status"); they appear in that order whatever the order given.
     """
 
     def __init__(
@@ -62,9 +65,12 @@ class EventStream:
         reliable: bool = False,
         as_json: bool = False,
         queue_events: int = _native.DEFAULT_QUEUE_EVENTS,
+        fields: Iterable[str] = (),
     ) -> None:
         if isinstance(types, str):
             types = [t for t in types.split(",") if t.strip()]
+        if isinstance(fields, str):
+            fields = fields.split(",")
         self._native = _native.EventStream(
             list(types),
             netns=netns,
@@ -73,6 +79,7 @@ class EventStream:
             reliable=reliable,
             as_json=as_json,
             queue_events=queue_events,
+            fields=list(fields),
         )
         for warning in self._native.startup_warnings:
             logger.warning("%s", warning)

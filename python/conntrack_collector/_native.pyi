@@ -12,6 +12,8 @@ EVENT_TYPES: list[str]  # every type, in the kernel's order
 DEFAULT_TYPES: list[str]
 DEFAULT_BUFFER_BYTES: int
 DEFAULT_QUEUE_EVENTS: int
+#: The opt-in field names, in the order their keys follow ASSURED.
+FIELDS: tuple[str, ...]
 
 Event: TypeAlias = dict[str, Any] | bytes
 
@@ -24,7 +26,7 @@ class EventStream:
     groups, decodes each message and queues it for this object's consumer.
 
     Raises PermissionError without CAP_NET_ADMIN, FileNotFoundError for a missing
-    namespace, ValueError for an unknown event type, ConntrackError when the kernel lacks
+    namespace, ValueError for an unknown event type or field, ConntrackError when the kernel lacks
     conntrack or ctnetlink.
     """
 
@@ -38,6 +40,7 @@ class EventStream:
         reliable: bool = False,
         as_json: bool = False,
         queue_events: int = ...,
+        fields: Sequence[str] = (),
     ) -> None: ...
     @property
     def startup_warnings(self) -> list[str]:
@@ -57,7 +60,8 @@ class EventStream:
     def __exit__(self, *args: object) -> bool: ...
 
 def decode_datagram(
-    datagram: bytes, *, timestamp_ms: int = 0, as_json: bool = False
+    datagram: bytes, *, timestamp_ms: int = 0, as_json: bool = False,
+    fields: Sequence[str] = (),
 ) -> list[Event]:
     """Decodes one recorded netlink datagram as the reader would; raises ConntrackError
     for a malformed message."""

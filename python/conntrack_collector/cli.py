@@ -46,6 +46,22 @@ class EventTypes(click.ParamType):  # type: ignore[type-arg]
         return tuple(dict.fromkeys(types))  # de-duplicated, in the given order
 
 
+class FieldNames(click.ParamType):  # type: ignore[type-arg]
+    """`state,zone` (or a YAML list) -> ("state", "zone"); empty: the reference's message."""
+
+    name = "fields"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, ...]:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        fields = tuple(str(item).strip().lower() for item in items if str(item).strip())
+        bad = [f for f in fields if f not in _native.FIELDS]  # the Rust schema's names
+        if bad:
+            self.fail(f"{value!r}: expected a comma-separated list of {', '.join(_native.FIELDS)}",
+                      param, ctx)
+        return tuple(dict.fromkeys(fields))
+
+
 def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Eager: runs before the other options, so the file and the environment become their
     defaults (click's default_map) and the command line still wins over both."""
@@ -114,7 +130,7 @@ def tune_kernel_for(netns: str | None) -> None:
     "--amqp-ca", "--amqp-crt", "--amqp-exchange", "--amqp-host", "--amqp-key",
     "--amqp-password", "--amqp-port", "--amqp-user", "--help", "--verbose", "--nat-only"])
 @click.option_panel("Collector flags", options=[
-    "--netns", "--events", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
+    "--netns", "--events", "--fields", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
     "--batch-events", "--shutdown-timeout", "--connect-timeout", "--config", "--print-config"])
 @click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
@@ -139,6 +155,9 @@ def tune_kernel_for(netns: str | None) -> None:
                    "the broker connection stays in ours")
 @click.option("--events", type=EventTypes(), default=",".join(_native.DEFAULT_TYPES), metavar="TYPES",
               help="Event types, comma-separated: NEW, UPDATE, DESTROY")
+@click.option("--fields", type=FieldNames(), default="", metavar="LIST",
+              help="Keys added after ASSURED, comma-separated: timestamps (Start, Stop, "
+                   "Duration), state, zone, mark, labels, icmp, status; see docs/cli.md")
 @click.option("--buffer-size", type=click.IntRange(4096), default=_native.DEFAULT_BUFFER_BYTES, metavar="BYTES",
               help="Netlink socket receive buffer, absorbs bursts before they are read")
 @click.option("--reliable", is_flag=True, default=False,
@@ -219,6 +238,7 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         max_in_flight=effective["max_in_flight"],
         batch_events=effective["batch_events"],
         shutdown_timeout_s=effective["shutdown_timeout"],
+        fields=effective["fields"],
     )
     stats = CollectorStats()
     if effective["tune_kernel"]:

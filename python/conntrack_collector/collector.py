@@ -47,6 +47,7 @@ class RunSettings:
     max_in_flight: int
     batch_events: int
     shutdown_timeout_s: float
+    fields: tuple[str, ...] = ()  # opt-in keys after ASSURED (EventStream's `fields`)
 
 
 def open_stream(settings: RunSettings) -> Stream:
@@ -60,6 +61,7 @@ def open_stream(settings: RunSettings) -> Stream:
             buffer_bytes=settings.socket_buffer_bytes,
             reliable=settings.reliable,
             as_json=True,
+            fields=settings.fields,
         )
     except PermissionError as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.NO_PERMISSION) from None
