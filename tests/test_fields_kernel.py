@@ -12,10 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import conntrack_collector
 import pytest
+from collector_process import Collector
 from conntrack_collector import FIELDS, EventStream
 from conntrack_text import parse_extras, parse_line
-from collector_process import Collector
 from netns_util import flush_flows, run, sysctl_in, wait_for_listeners
 
 pytestmark = pytest.mark.root
@@ -202,8 +203,11 @@ def test_timestamps_warn_when_the_kernel_does_not_stamp_flows(netns: str) -> Non
 def test_command_line_fields_on_real_events(netns: str) -> None:
     """`--output stdout --fields ...`: the keys after ASSURED, and the warning in the log."""
     in_netns(netns, "sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=0")
+    # The package this test imports, not whatever the interpreter collector_command resolves
+    # to (the venv's real python) has installed.
+    site_packages = str(Path(conntrack_collector.__file__).parents[1])
     collector = Collector("--netns", netns, "--output", "stdout",
-                          "--fields", "status,timestamps,zone")
+                          "--fields", "status,timestamps,zone", env={"PYTHONPATH": site_packages})
     try:
         collector.wait_listening()
         in_netns(netns, sys.executable, str(TRAFFIC), "udp4")
