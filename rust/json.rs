@@ -11,6 +11,9 @@ use std::io::Write;
 use crate::event::Event;
 use crate::schema::{walk, Fields, Key, Scalar, Visitor};
 
+/// Room for a message with IPv6 addresses and every opt-in field, so writing never regrows.
+const MESSAGE_BYTES: usize = 768;
+
 /// Appends the event's JSON object, in the reference's schema, to `out`.
 pub fn write_event(event: &Event, out: &mut Vec<u8>) {
     write_event_with(event, Fields::NONE, out);
@@ -18,6 +21,7 @@ pub fn write_event(event: &Event, out: &mut Vec<u8>) {
 
 /// Appends the event's JSON object with the opt-in `fields` to `out`.
 pub fn write_event_with(event: &Event, fields: Fields, out: &mut Vec<u8>) {
+    out.reserve(MESSAGE_BYTES);
     let mut writer = JsonWriter {
         out,
         depth: 0,
@@ -34,7 +38,7 @@ pub fn to_json(event: &Event) -> Vec<u8> {
 }
 
 pub fn to_json_with(event: &Event, fields: Fields) -> Vec<u8> {
-    let mut out = Vec::with_capacity(480);
+    let mut out = Vec::with_capacity(MESSAGE_BYTES);
     write_event_with(event, fields, &mut out);
     out
 }
@@ -85,10 +89,14 @@ impl Visitor for JsonWriter<'_> {
     }
 
     fn key(&mut self, key: Key) -> Result<(), Infallible> {
-        self.separate();
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.name().as_bytes());
-        self.out.extend_from_slice(b"\":");
+        let text = key.json_with_comma();
+        // Keys only come inside objects: the first follows `{`, every other one a value.
+        let text = if self.out.last() == Some(&b'{') {
+            &text[1..]
+        } else {
+            text
+        };
+        self.out.extend_from_slice(text);
         Ok(())
     }
 

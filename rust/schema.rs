@@ -92,105 +92,67 @@ impl Fields {
     }
 }
 
-/// Every key of the message. Nested objects reuse names (`Icmp` has its own `Type`, `Id`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Key {
-    Timestamp,
-    Type,
-    Id,
-    Original,
-    Reply,
-    Layer3,
-    Layer4,
-    Counter,
-    Protonum,
-    Protoname,
-    Src,
-    Dst,
-    Sport,
-    Dport,
-    Packets,
-    Bytes,
-    Unreplied,
-    Assured,
-    Start,
-    Stop,
-    Duration,
-    State,
-    Zone,
-    Mark,
-    Labels,
-    Icmp,
-    Code,
-    Status,
+/// Defines `Key` from one list of variants and their spellings in the message.
+macro_rules! keys {
+    ($($variant:ident => $name:literal,)*) => {
+        /// Every key of the message. Nested objects reuse names (`Icmp` has its own `Type`, `Id`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Key {
+            $($variant,)*
+        }
+
+        impl Key {
+            pub const ALL: [Key; [$(Key::$variant),*].len()] = [$(Key::$variant),*];
+
+            /// Its spelling in the message: the reference's casing.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Key::$variant => $name,)*
+                }
+            }
+
+            /// `,"Name":` in one piece, for the JSON writer (which drops the comma after `{`).
+            pub fn json_with_comma(self) -> &'static [u8] {
+                match self {
+                    $(Key::$variant => concat!(",\"", $name, "\":").as_bytes(),)*
+                }
+            }
+        }
+    };
+}
+
+keys! {
+    Timestamp => "Timestamp",
+    Type => "Type",
+    Id => "Id",
+    Original => "Original",
+    Reply => "Reply",
+    Layer3 => "Layer3",
+    Layer4 => "Layer4",
+    Counter => "Counter",
+    Protonum => "Protonum",
+    Protoname => "Protoname",
+    Src => "Src",
+    Dst => "Dst",
+    Sport => "Sport",
+    Dport => "Dport",
+    Packets => "Packets",
+    Bytes => "Bytes",
+    Unreplied => "UNREPLIED",
+    Assured => "ASSURED",
+    Start => "Start",
+    Stop => "Stop",
+    Duration => "Duration",
+    State => "State",
+    Zone => "Zone",
+    Mark => "Mark",
+    Labels => "Labels",
+    Icmp => "Icmp",
+    Code => "Code",
+    Status => "Status",
 }
 
 impl Key {
-    pub const ALL: [Key; 28] = [
-        Key::Timestamp,
-        Key::Type,
-        Key::Id,
-        Key::Original,
-        Key::Reply,
-        Key::Layer3,
-        Key::Layer4,
-        Key::Counter,
-        Key::Protonum,
-        Key::Protoname,
-        Key::Src,
-        Key::Dst,
-        Key::Sport,
-        Key::Dport,
-        Key::Packets,
-        Key::Bytes,
-        Key::Unreplied,
-        Key::Assured,
-        Key::Start,
-        Key::Stop,
-        Key::Duration,
-        Key::State,
-        Key::Zone,
-        Key::Mark,
-        Key::Labels,
-        Key::Icmp,
-        Key::Code,
-        Key::Status,
-    ];
-
-    /// Its spelling in the message: the reference's casing.
-    pub fn name(self) -> &'static str {
-        match self {
-            Key::Timestamp => "Timestamp",
-            Key::Type => "Type",
-            Key::Id => "Id",
-            Key::Original => "Original",
-            Key::Reply => "Reply",
-            Key::Layer3 => "Layer3",
-            Key::Layer4 => "Layer4",
-            Key::Counter => "Counter",
-            Key::Protonum => "Protonum",
-            Key::Protoname => "Protoname",
-            Key::Src => "Src",
-            Key::Dst => "Dst",
-            Key::Sport => "Sport",
-            Key::Dport => "Dport",
-            Key::Packets => "Packets",
-            Key::Bytes => "Bytes",
-            Key::Unreplied => "UNREPLIED",
-            Key::Assured => "ASSURED",
-            Key::Start => "Start",
-            Key::Stop => "Stop",
-            Key::Duration => "Duration",
-            Key::State => "State",
-            Key::Zone => "Zone",
-            Key::Mark => "Mark",
-            Key::Labels => "Labels",
-            Key::Icmp => "Icmp",
-            Key::Code => "Code",
-            Key::Status => "Status",
-        }
-    }
-
     /// Its position in `Key::ALL`, for tables indexed by key.
     pub fn index(self) -> usize {
         self as usize
