@@ -38,6 +38,9 @@ INSERT_ZONED = ["-I", "-p", "udp", "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport"
                 "--dport", "2000", "-t", "60", "--zone", "7", "--mark", "42"]
 INSERT_TCP = ["-I", "-p", "tcp", "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", "1001",
               "--dport", "2001", "-t", "60", "--state", "SYN_SENT"]
+# Every TCP state conntrack has a name for, one inserted flow each (ports 3000 and up).
+TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
+              "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2")
 UPDATE_TCP = ["-U", "-p", "tcp", "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", "1001",
               "--dport", "2001", "--state", "ESTABLISHED", "--mark", "43"]
 
@@ -98,6 +101,10 @@ def test_every_field_against_the_conntrack_tool(netns: str) -> None:
             in_netns(netns, "conntrack", *INSERT_ZONED)
             in_netns(netns, "conntrack", *INSERT_TCP)
             in_netns(netns, "conntrack", *UPDATE_TCP)
+            for port, state in enumerate(TCP_STATES, start=3000):
+                in_netns(netns, "conntrack", "-I", "-p", "tcp", "-s", "10.9.0.3", "-d",
+                         "10.9.0.4", "--sport", str(port), "--dport", "80", "-t", "60",
+                         "--state", state)
             time.sleep(1.1)  # so Duration and the tool's delta-time are not all 0
             flush_flows(netns)
             ours = drain(stream)
@@ -144,8 +151,11 @@ def test_every_field_against_the_conntrack_tool(netns: str) -> None:
                  and e["Original"]["Layer4"]["Dport"] == LABEL_PORT)
     assert found(lambda e: e["Icmp"] is not None and e["Icmp"]["Type"] == 8)
     assert found(lambda e: e["Icmp"] is not None and e["Icmp"]["Type"] == 128)
-    for state in ("SYN_SENT", "ESTABLISHED", "TIME_WAIT"):
-        assert found(lambda e, state=state: e["State"] == state), state
+    for state in ("SYN_SENT", "ESTABLISHED", "TIME_WAIT"):  # from real traffic
+        assert found(lambda e, state=state: e["State"] == state
+                     and e["Original"]["Layer3"]["Src"] == "127.0.0.1"), state
+    inserted = {e["State"] for e in ours if e["Original"]["Layer3"]["Src"] == "10.9.0.3"}
+    assert inserted == set(TCP_STATES)
     assert found(lambda e: e["Type"] == "DESTROY" and e["Duration"] >= 1000)
     assert all(e["Stop"] is None and e["Duration"] is None for e in ours if e["Type"] != "DESTROY")
     assert all(e["State"] is None for e in ours if e["Original"]["Layer4"]["Protonum"] != 6)
