@@ -15,7 +15,8 @@ from typing import IO
 
 def collector_command(*args: str) -> list[str]:
     """The collector as this interpreter runs it (the installed package, or PYTHONPATH's)."""
-    return [os.path.realpath(sys.executable), "-m", "conntrack_collector", *args]
+    # Not realpath: in a virtualenv that is the base interpreter, without the venv's packages.
+    return [sys.executable, "-m", "conntrack_collector", *args]
 
 
 class Collector:

@@ -58,7 +58,7 @@ def interpreter_exposed(stash: Path) -> list[str]:
     namespace of its own: CI runs as root with Python under /root, closed to user nobody.
     Each closed folder is covered by an empty world-readable tmpfs into which the entries we
     need are bind-mounted back; nothing changes outside that mount namespace."""
-    needed = [os.path.realpath(sys.executable), sys.prefix, sys.base_prefix,
+    needed = [sys.executable, os.path.realpath(sys.executable), sys.prefix, sys.base_prefix,
               *(p for p in sys.path if p and Path(p).exists())]
     q = shlex.quote
     script = ["set -e", f"mount -t tmpfs tmpfs {q(str(stash))}"]
