@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import pika  # type: ignore[import-untyped]
 import pika.exceptions  # type: ignore[import-untyped]
@@ -101,11 +102,23 @@ def _check_readable(path: str | None, what: str) -> None:
         raise BrokerConfigError(f"cannot read {what} {path}: {exc.strerror or exc}")
 
 
+class Credentials(Protocol):
+    """Where the user and password of each connection attempt come from (see vault.py)."""
+
+    def current(self) -> tuple[str, str]: ...
+
+    def refused(self) -> None:
+        """The broker refused current(): have others ready for the next attempt."""
+
+
 def connection_parameters(
-    settings: BrokerSettings, context: ssl.SSLContext | None
+    settings: BrokerSettings, context: ssl.SSLContext | None,
+    user_password: tuple[str, str] | None = None,
 ) -> list[pika.ConnectionParameters]:
-    """One parameter set per host, in the configured order."""
-    credentials = pika.PlainCredentials(settings.user, settings.password)
+    """One parameter set per host, in the configured order; the settings' user and password
+    unless others are given (those of this attempt)."""
+    user, password = user_password or (settings.user, settings.password)
+    credentials = pika.PlainCredentials(user, password)
     return [
         pika.ConnectionParameters(
             host=host,
@@ -140,15 +153,20 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend((item.__cause__, item.__context__))
 
 
-def fatal_connect_error(exc: BaseException, host: str, port: int, settings: BrokerSettings
-                        ) -> str | None:
+def credentials_refused(exc: BaseException) -> bool:
+    return any(isinstance(cause, (pika.exceptions.ProbableAuthenticationError,
+                                  pika.exceptions.AuthenticationError))
+               for cause in _causes(exc))
+
+
+def fatal_connect_error(exc: BaseException, host: str, port: int, settings: BrokerSettings,
+                        user: str | None = None) -> str | None:
     """A one-line reason when the broker's answer means retrying can never help
     (credentials, vhost access, TLS verification); None for transient failures."""
     where = f"RabbitMQ at {host}:{port}"
+    if credentials_refused(exc):
+        return f"{where} refused the credentials of user {user or settings.user!r}"
     for cause in _causes(exc):
-        if isinstance(cause, (pika.exceptions.ProbableAuthenticationError,
-                              pika.exceptions.AuthenticationError)):
-            return f"{where} refused the credentials of user {settings.user!r}"
         if isinstance(cause, pika.exceptions.ProbableAccessDeniedError):
             return f"{where} denied access to virtual host {settings.vhost!r}: {_first_arg(cause)}"
         if isinstance(cause, ssl.SSLCertVerificationError):

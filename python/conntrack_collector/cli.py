@@ -13,7 +13,7 @@ import rich_click as click
 import yaml
 from click.core import ParameterSource
 
-from . import _native, config, observers
+from . import _native, config, observers, vault
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
 from .collector import RunSettings, open_stream, run
 from .errors import Error, ExitCode
@@ -121,14 +121,17 @@ def tune_kernel_for(netns: str | None) -> None:
          "to a RabbitMQ exchange.",
     # The reference's help texts stay as they were; what they leave out is said here.
     epilog="--amqp-host also takes the nodes of a cluster, `host[:port],...`, tried in order. "
-           "A password given with --amqp-password is visible in `ps`: prefer OWP_AMQP_PASSWORD "
-           "or the config file. Every flag can be set as OWP_<FLAG> (OWP_AMQP_HOST, ...) or in "
+           "A password given with --amqp-password (a token with --vault-token) is visible in "
+           "`ps`: prefer OWP_AMQP_PASSWORD (OWP_VAULT_TOKEN) or the config file. With a Vault "
+           "token, the secrets at the Vault paths override the AMQP settings, and the "
+           "credentials' lease is renewed. Every flag can be set as OWP_<FLAG> (OWP_AMQP_HOST, ...) or in "
            "conntrack-event-collector.yml (/etc/owp, /etc/config/owp, $HOME/.owp, .); a flag "
            "wins over the environment, which wins over the file. See docs/cli.md.",
 )
 @click.option_panel("Flags", options=[
     "--amqp-ca", "--amqp-crt", "--amqp-exchange", "--amqp-host", "--amqp-key",
-    "--amqp-password", "--amqp-port", "--amqp-user", "--help", "--verbose", "--nat-only"])
+    "--amqp-password", "--amqp-port", "--amqp-user", "--help", "--verbose", "--nat-only",
+    "--vault-addr", "--vault-path-config", "--vault-path-creds", "--vault-token"])
 @click.option_panel("Collector flags", options=[
     "--netns", "--events", "--fields", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
@@ -148,7 +151,15 @@ def tune_kernel_for(netns: str | None) -> None:
               help="RabbitMQ Port")
 @click.option("--amqp-user", metavar="string", default="guest", help="RabbitMQ user")
 @click.option("-v", "--verbose", is_flag=True, default=False, help="Enable verbose")
-@click.option("-n", "--nat-only", is_flag=True, default=False, help="Only NATed flows")
+@click.option("-n", "--nat-only", is_flag=True, default=False, help="Track nat only")
+@click.option("--vault-addr", metavar="string", default="http://127.0.0.1:8200",
+              help="Vault address")
+@click.option("--vault-path-config", metavar="string",
+              default="secret/owp/conntrack-event-collector",
+              help="Vault Config Path for rabbitmq")
+@click.option("--vault-path-creds", metavar="string", default="rabbitmq/creds/owp",
+              help="Vault Credentials Path for rabbitmq")
+@click.option("--vault-token", metavar="string", help="Vault Token")
 # Ours.
 @click.option("--netns", metavar="NAME",
               help="Watch this network namespace (a name under /run/netns, or a path); "
@@ -208,11 +219,29 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         click.echo(shown, nl=False)
         return ExitCode.OK
     _setup_logging(effective["verbose"])
+    for key in config.COMMAND_LINE_SECRETS:
+        if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
+            log.warning("--%s on the command line is visible to every user in `ps`: prefer "
+                        "%s or the config file", key.replace("_", "-"), config.env_name(key))
     if effective["verbose"]:
         log.info("effective configuration:\n%s", shown.rstrip())
+    vault_settings = vault.settings_from(effective)
+    credentials, from_vault = None, {}
+    if vault_settings is not None:
+        try:  # hvac is imported only now, when Vault is used
+            given = vault.connect(vault_settings)
+        except vault.VaultError as exc:
+            raise Error(f"Vault: {exc}", ExitCode.ERROR) from None
+        # As the reference: what Vault says wins over flags, environment and file.
+        from_vault = given.overrides
+        effective.update(from_vault)
+        credentials = given.credentials
     try:
         hosts = parse_hosts(effective["amqp_host"], effective["amqp_port"])
     except BrokerConfigError as exc:
+        if vault_settings is not None and "amqp_host" in from_vault:
+            raise Error(f"Vault: the host in {vault_settings.path_config}: {exc}",
+                        ExitCode.ERROR) from None
         raise click.UsageError(f"--amqp-host: {exc}", ctx) from None
     settings = RunSettings(
         types=effective["events"],
@@ -239,13 +268,15 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         batch_events=effective["batch_events"],
         shutdown_timeout_s=effective["shutdown_timeout"],
         fields=effective["fields"],
+        credentials=credentials,
     )
     stats = CollectorStats()
     if effective["tune_kernel"]:
         tune_kernel_for(effective["netns"])
     with observers.observing(stats, metrics_addr=effective["metrics_addr"],
                              verbose=effective["verbose"],
-                             events_to_stdout=settings.output == "stdout") as watching:
+                             events_to_stdout=settings.output == "stdout") as watching, \
+            vault.running(credentials):
         return run(settings, stats, stream_factory=watching.watch(open_stream))
 
 

@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any, Callable, Protocol, cast
 
 from . import _native
-from .broker import BrokerConfigError, BrokerSettings
+from .broker import BrokerConfigError, BrokerSettings, Credentials
 from .buffer import EventBuffer
 from .errors import Error, ExitCode
 from .publisher import Publisher
@@ -48,6 +48,7 @@ class RunSettings:
     batch_events: int
     shutdown_timeout_s: float
     fields: tuple[str, ...] = ()  # opt-in keys after ASSURED (EventStream's `fields`)
+    credentials: Credentials | None = None  # from Vault; else broker.user and .password
 
 
 def open_stream(settings: RunSettings) -> Stream:
@@ -100,7 +101,8 @@ def run(settings: RunSettings, stats: CollectorStats,
         try:
             publisher = Publisher(settings.broker, buffer, stats,
                                   max_in_flight=settings.max_in_flight,
-                                  batch_events=settings.batch_events)
+                                  batch_events=settings.batch_events,
+                                  credentials=settings.credentials)
         except BrokerConfigError as exc:
             raise Error(str(exc), ExitCode.USAGE) from None
 

@@ -17,7 +17,9 @@ import yaml
 CONFIG_FILE_NAME = "conntrack-event-collector.yml"
 ENV_PREFIX = "OWP_"
 # Never logged or printed: only shown as "***".
-SECRET_KEYS = frozenset({"amqp_password", "amqp_key"})
+SECRET_KEYS = frozenset({"amqp_password", "amqp_key", "vault_token"})
+# Secrets that are values, not paths: visible in `ps` when given on the command line.
+COMMAND_LINE_SECRETS = ("amqp_password", "vault_token")
 
 
 class ConfigError(Exception):

@@ -29,7 +29,9 @@ import pika.spec  # type: ignore[import-untyped]
 from .amqp_frames import PublishEncoder
 from .broker import (
     BrokerSettings,
+    Credentials,
     connection_parameters,
+    credentials_refused,
     describe,
     fatal_connect_error,
     tls_context,
@@ -69,6 +71,7 @@ class Publisher:
         batch_events: int = 1,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 10.0,
+        credentials: Credentials | None = None,
     ) -> None:
         self.settings = settings
         self._buffer = buffer
@@ -77,7 +80,11 @@ class Publisher:
         self._batch_events = batch_events
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
-        self._parameters = connection_parameters(settings, tls_context(settings))
+        self._tls = tls_context(settings)
+        # Given (Vault): asked before each connection attempt, told when the broker refused
+        # them, and a refusal is then retried. Without: the settings' user, a refusal is fatal.
+        self._credentials = credentials
+        self._refused = False  # the last attempt's credentials were refused
         # A per-process random prefix makes `prefix-seq` unique across restarts and routers.
         self._id_prefix = secrets.token_hex(8)
         self._seq = 0
@@ -144,11 +151,14 @@ class Publisher:
         try:
             while not self._closed.is_set() and not self._done():
                 connected = False
-                for parameters in self._parameters:
+                self._refused = False
+                user_password = self._credentials.current() if self._credentials else None
+                for parameters in connection_parameters(self.settings, self._tls,
+                                                        user_password):
                     if self._closed.is_set():
                         break
                     connected = self._session(parameters)
-                    if self.fatal_error or connected:
+                    if self.fatal_error or connected or self._refused:
                         break
                 if self.fatal_error:
                     return
@@ -159,7 +169,9 @@ class Publisher:
                     break
                 # No host answered, or the broker keeps closing us right after we connect:
                 # either way, back off rather than spin.
-                why = "the connection did not last" if connected else "no RabbitMQ host answered"
+                why = ("the connection did not last" if connected else
+                       "RabbitMQ refused the credentials" if self._refused else
+                       "no RabbitMQ host answered")
                 log.warning("%s; retrying in %.1f s (%d events waiting)",
                             why, delay_s, self.outstanding())
                 self._wakeup.clear()
@@ -258,13 +270,18 @@ class Publisher:
             self._requeue_in_flight()
             connection.ioloop.close()
         failure = self._session_failed
-        if failure is not None and self.fatal_error is None and not got_ready:
+        if (failure is not None and not got_ready and self._credentials is not None
+                and credentials_refused(failure)):
+            self._refused = True  # not fatal: the provider fetches others for the next attempt
+            self._credentials.refused()
+        elif failure is not None and self.fatal_error is None and not got_ready:
             self.fatal_error = fatal_connect_error(failure, parameters.host, parameters.port,
-                                                   self.settings)
+                                                   self.settings, parameters.credentials.username)
         if got_ready and not self._done():
             log.warning("lost the connection to RabbitMQ at %s (%s); %d events waiting",
                         where, describe(failure) if failure else "closed", self.outstanding())
-        elif not got_ready and failure is not None and self.fatal_error is None:
+        elif not got_ready and failure is not None and self.fatal_error is None \
+                and not self._refused:
             log.info("cannot connect to RabbitMQ at %s: %s", where, describe(failure))
         self._stats.connection_state = "disconnected"
         return got_ready
