@@ -48,9 +48,10 @@ class Received:
     body: bytes
 
 
-def declare(exchange: str, queue: str, *, port: int = SHARED_PORT, durable: bool = False) -> None:
+def declare(exchange: str, queue: str, *, port: int = SHARED_PORT, durable: bool = False,
+            vhost: str = "/") -> None:
     """The exchange as the collector declares it, and a queue bound to it with key ""."""
-    with _channel(port) as channel:
+    with _channel(port, vhost=vhost) as channel:
         channel.exchange_declare(exchange, "direct", durable=True)
         channel.queue_declare(queue, durable=durable, auto_delete=False)
         channel.queue_bind(queue, exchange, "")
@@ -66,12 +67,12 @@ def delete(exchange: str, queue: str, *, port: int = SHARED_PORT) -> None:
 
 
 def consume(queue: str, expected: int, *, port: int = SHARED_PORT, timeout_s: float = 30.0,
-            idle_s: float = 2.0) -> list[Received]:
+            idle_s: float = 2.0, vhost: str = "/") -> list[Received]:
     """Messages of the queue, acked, until `expected` arrived (then `idle_s` more for
     duplicates or extras), or `timeout_s` passed."""
     got: list[Received] = []
     deadline = time.monotonic() + timeout_s
-    with _channel(port) as channel:
+    with _channel(port, vhost=vhost) as channel:
         idle_since: float | None = None
         while time.monotonic() < deadline:
             method, properties, body = channel.basic_get(queue, auto_ack=True)
@@ -88,8 +89,8 @@ def consume(queue: str, expected: int, *, port: int = SHARED_PORT, timeout_s: fl
 
 
 @contextmanager
-def _channel(port: int, host: str = SHARED_HOST) -> Iterator[Any]:
-    connection = pika.BlockingConnection(pika.ConnectionParameters(host, port))
+def _channel(port: int, host: str = SHARED_HOST, vhost: str = "/") -> Iterator[Any]:
+    connection = pika.BlockingConnection(pika.ConnectionParameters(host, port, vhost))
     try:
         yield connection.channel()
     finally:
@@ -114,6 +115,7 @@ class PrivateNode:
     port: int = field(default_factory=free_port)
     tls_port: int | None = None
     tls_files: dict[str, Path] | None = None  # cacert, cert, key
+    management_port: int | None = None  # the management plugin's HTTP API, when set
     name: str = field(default_factory=lambda: f"ctc-test-{uuid.uuid4().hex[:8]}@localhost")
 
     def env(self) -> dict[str, str]:
@@ -142,8 +144,13 @@ class PrivateNode:
                 "ssl_options.verify = verify_peer",
                 "ssl_options.fail_if_no_peer_cert = false",
             ]
+        plugins = ""
+        if self.management_port:  # on a port of its own: no clash with the shared broker's
+            lines += [f"management.tcp.port = {self.management_port}",
+                      "management.tcp.ip = 127.0.0.1"]
+            plugins = "rabbitmq_management"
         (self.folder / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
-        (self.folder / "enabled_plugins").write_text("[].\n")  # no management port clash
+        (self.folder / "enabled_plugins").write_text(f"[{plugins}].\n")
         (self.folder / "advanced.config").write_text("[].\n")
 
     def start(self) -> None:
