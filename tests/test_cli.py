@@ -23,6 +23,11 @@ REFERENCE_FLAGS = {  # flag -> the default its help shows (None: no default)
     "--amqp-user": "guest",
     "--help": None,
     "--verbose": None,
+    "--nat-only": None,
+    "--vault-addr": "http://127.0.0.1:8200",
+    "--vault-path-config": "secret/owp/conntrack-event-collector",
+    "--vault-path-creds": "rabbitmq/creds/owp",
+    "--vault-token": None,
 }
 REFERENCE_HELP = {  # flag -> its help text, word for word
     "--amqp-ca": "CA certificate", "--amqp-crt": "RabbitMQ client cert",
@@ -30,6 +35,9 @@ REFERENCE_HELP = {  # flag -> its help text, word for word
     "--amqp-key": "RabbitMQ client key", "--amqp-password": "RabbitMQ password",
     "--amqp-port": "RabbitMQ Port", "--amqp-user": "RabbitMQ user",
     "--help": "help for this command", "--verbose": "Enable verbose",
+    "--nat-only": "Track nat only", "--vault-addr": "Vault address",
+    "--vault-path-config": "Vault Config Path for rabbitmq",
+    "--vault-path-creds": "Vault Credentials Path for rabbitmq", "--vault-token": "Vault Token",
 }
 
 
@@ -74,6 +82,7 @@ def test_help_shows_every_reference_flag_with_its_default(
     assert "-v" in out and "-n" in out and "--nat-only" in out
     # The reference's flags come first, ours after.
     assert out.index("--amqp-user") < out.index("--netns")
+    assert out.index("--vault-token") < out.index("--netns")
     for ours in ("--netns", "--events", "--buffer-size", "--reliable", "--config", "--output",
                  "--amqp-vhost", "--router-id", "--max-buffer-events", "--max-buffer-bytes",
                  "--batch-events", "--shutdown-timeout"):

@@ -226,18 +226,24 @@ def connects(node: PrivateNode, user_password: tuple[str, str]) -> bool:
 @needs_rabbitmq_server
 def test_credentials_are_renewed_then_rotated_before_they_end(node: PrivateNode) -> None:
     with dev_vault() as server:
-        configure_rabbitmq_engine(server, node, vhost=VHOST, ttl_s=3, max_ttl_s=5)
+        configure_rabbitmq_engine(server, node, vhost=VHOST, ttl_s=3, max_ttl_s=8)
         credentials = vault.VaultCredentials(server.client(), "rabbitmq/creds/owp")
         credentials.fetch()
         first = credentials.current()
+        started = time.monotonic()
         assert connects(node, first)
         credentials.start()
         try:
-            # Renewed at 2 s (Vault grants 3 s, capped at 5 s: no further), new ones at ~4 s.
-            assert wait_until(lambda: credentials.current() != first, 8)
+            # Renewed for 3 s at 2 s and at 4 s, for what is left of the 8 s at 6 s: new
+            # credentials at about 7.3 s, before the first ones end at 8 s.
+            time.sleep(max(0.0, 5 - (time.monotonic() - started)))
+            assert credentials.current() == first and credentials.rotations == 0
+            assert connects(node, first)  # past its first 3 s: renewed
+            assert wait_until(lambda: credentials.current() != first, 5)
+            assert time.monotonic() - started < 8
             assert credentials.rotations == 1
             assert connects(node, credentials.current())
-            assert wait_until(lambda: not connects(node, first), 5)  # the old lease ended
+            assert wait_until(lambda: not connects(node, first), 5)  # the first lease ended
         finally:
             credentials.close()
 

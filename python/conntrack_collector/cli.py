@@ -308,6 +308,8 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # pika logs every reconnect attempt at length; we say it in one line ourselves.
     logging.getLogger("pika").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # Vault's HTTP client would log every request line; our own lines say what matters.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
 _log_handler: logging.Handler | None = None

@@ -107,7 +107,7 @@ def read_kv(client: Any, path: str) -> dict[str, Any]:
         response = client.read(path)
         data = (response or {}).get("data")
     if response is None:
-        raise VaultError(f"no secret at {path}")
+        raise VaultError(f"no secret at {path} (an empty --vault-path-config reads none)")
     if not isinstance(data, dict):
         raise VaultError(f"the secret at {path} holds no key/values")
     return data
