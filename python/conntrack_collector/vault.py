@@ -169,9 +169,9 @@ class Lease(NamedTuple):
 def next_step(lease: Lease) -> tuple[float, str]:
     """When (monotonic) to act on the lease, and how: "renew" while Vault extends it, else
     "fetch" new credentials; at 2/3 of what the lease has left either way."""
-    when = lease.granted_at + RENEW_AT * lease.duration_s
-    if lease.duration_s <= 0:  # no lease (a static secret): nothing to do but on refusal
+    if not lease.id:  # no lease (a static secret): nothing to do but on refusal
         return float("inf"), "fetch"
+    when = lease.granted_at + RENEW_AT * lease.duration_s
     return when, ("renew" if lease.renewable and lease.extendable else "fetch")
 
 
@@ -192,6 +192,7 @@ class VaultCredentials:
         self._wakeup = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vault-lease", daemon=True)
+        self._retry_at: float | None = None  # after a failure: try again then
         self._unreachable_since: float | None = None
         self.rotations = 0  # credentials fetched after the first
 
@@ -275,43 +276,47 @@ class VaultCredentials:
         log.debug("Vault: renewed the lease of %s for %.0f s%s", self._path, granted,
                   "" if renewed.extendable else " (its max TTL: new credentials before it ends)")
 
+    def tick(self) -> float:
+        """Does what next_step says is due now (or retries what failed); returns when
+        (monotonic) to look again. The thread calls it; tests call it with their own clock."""
+        now = self._clock()
+        with self._lock:
+            lease = self._lease
+        when, step = next_step(lease)
+        if self._retry_at is not None:  # the step failed (it is past due): not before then
+            when = self._retry_at
+        if now < when:
+            return when
+        try:
+            if step == "renew":
+                self._renew(lease)
+            else:
+                self.fetch()
+        except VaultError as exc:
+            self._retry_at = now + self._retry_s
+            if self._unreachable_since is None:
+                self._unreachable_since = now
+                log.warning("Vault: %s; publishing goes on with the credentials we have, "
+                            "retrying every %.0f s", exc, self._retry_s)
+            return self._retry_at
+        self._retry_at = None
+        if self._unreachable_since is not None:
+            log.info("Vault: answering again after %.0f s", now - self._unreachable_since)
+            self._unreachable_since = None
+        with self._lock:
+            return next_step(self._lease)[0]
+
     def _run(self) -> None:
-        """Acts on the lease when next_step says; retries every retry_s while Vault is away."""
-        retry_at: float | None = None
         while not self._closed.is_set():
-            with self._lock:
-                lease = self._lease
-            when, step = next_step(lease)
-            if retry_at is not None:
-                when = min(when, retry_at)
-            wait_s = when - self._clock()
-            if wait_s > 0:
-                self._wakeup.wait(min(wait_s, 3600.0))
-                self._wakeup.clear()
-                if self._closed.is_set():
-                    return
-                if self._clock() < when:  # woken early (refused(), close()): plan again
-                    continue
             try:
-                if step == "renew":
-                    self._renew(lease)
-                else:
-                    self.fetch()
-            except VaultError as exc:
-                retry_at = self._clock() + self._retry_s
-                if self._unreachable_since is None:
-                    self._unreachable_since = self._clock()
-                    log.warning("Vault: %s; publishing goes on with the credentials we have, "
-                                "retrying every %.0f s", exc, self._retry_s)
-                continue
+                when = self.tick()
             except Exception:  # a bug: keep the credentials we have, and say it
                 log.exception("Vault lease thread failed; credentials are no longer renewed")
                 return
-            retry_at = None
-            if self._unreachable_since is not None:
-                log.info("Vault: answering again after %.0f s",
-                         self._clock() - self._unreachable_since)
-                self._unreachable_since = None
+            wait_s = when - self._clock()
+            if wait_s > 0:  # refused() and close() wake it early
+                self._wakeup.wait(min(wait_s, 3600.0))
+                self._wakeup.clear()
 
 
 class Vault(NamedTuple):
