@@ -15,7 +15,7 @@ import pika
 import pytest
 from collector_process import Collector
 from conntrack_collector import vault
-from conntrack_collector.exit_codes import ExitCode
+from conntrack_collector.errors import ExitCode
 from hypothesis import given
 from hypothesis import strategies as st
 from netns_util import flush_flows
