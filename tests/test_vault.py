@@ -4,6 +4,7 @@ renewed, rotated and fetched again after a refusal, with every event delivered m
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -13,13 +14,24 @@ from typing import Any
 
 import pika
 import pytest
+import test_publish as publish
 from collector_process import Collector
 from conntrack_collector import vault
 from conntrack_collector.errors import ExitCode
+from conntrack_collector.stats import CollectorStats
 from hypothesis import given
 from hypothesis import strategies as st
 from netns_util import flush_flows
-from rabbitmq import PrivateNode, consume, declare, free_port, needs_rabbitmq_server, unique_name
+from rabbitmq import (
+    PrivateNode,
+    consume,
+    declare,
+    delete,
+    free_port,
+    needs_broker,
+    needs_rabbitmq_server,
+    unique_name,
+)
 from test_cli import assert_one_line_error, print_config, run
 from traffic_flows import FlowMaker, event_keys, expected_ports, wait_until
 from vault_util import (
@@ -140,6 +152,37 @@ def test_no_lease_means_nothing_to_do_until_refused() -> None:
 def test_a_lease_renewed_for_0_s_is_replaced_at_once() -> None:
     # Vault's durations are whole seconds: a last renewal may grant 0.
     assert vault.next_step(vault.Lease("id", 0.0, True, 5.0, False)) == (5.0, "fetch")
+
+
+class FlippingCredentials:
+    """Wrong at first; right once the broker refused them (as Vault's after a revocation)."""
+
+    def __init__(self) -> None:
+        self.refusals = 0
+
+    def current(self) -> tuple[str, str]:
+        return ("guest", "guest" if self.refusals else "wrong")
+
+    def refused(self) -> None:
+        self.refusals += 1
+
+
+@needs_broker
+def test_the_publisher_asks_its_provider_per_attempt_and_a_refusal_is_not_fatal() -> None:
+    exchange, queue = unique_name("ex"), unique_name("q")
+    declare(exchange, queue)
+    provider = FlippingCredentials()
+    stats = CollectorStats()
+    try:
+        run_settings = dataclasses.replace(publish.settings(exchange), credentials=provider)
+        code = publish.run(run_settings, publish.FakeStream(
+            [publish.event(i) for i in range(20)], linger_s=5), stats)
+        messages = consume(queue, 20)
+    finally:
+        delete(exchange, queue)
+    assert code == ExitCode.OK
+    assert provider.refusals == 1
+    assert len(messages) == 20 and stats.confirmed == 20
 
 
 # ---- against `bao server -dev` --------------------------------------------------------------
