@@ -231,6 +231,17 @@ def test_missing_secrets_are_one_line_and_exit_1(
     assert_one_line_error(err, "Vault", *fragments)
 
 
+def test_a_bad_host_from_vault_is_vaults_fault_not_a_usage_error(
+        capsys: pytest.CaptureFixture[str], bao: DevVault) -> None:
+    bao.client().secrets.kv.v2.create_or_update_secret(
+        "owp/badhost", secret={"host": "a:99999"}, mount_point="secret")
+    code, _, err = run(capsys, "--vault-addr", bao.addr, "--vault-path-config",
+                       "secret/owp/badhost", "--vault-path-creds", "",
+                       env={"OWP_VAULT_TOKEN": bao.token})
+    assert code == 1
+    assert_one_line_error(err, "Vault: the host in secret/owp/badhost", "bad port")
+
+
 def test_a_wrong_token_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str],
                                               bao: DevVault) -> None:
     code, _, err = run(capsys, "--vault-addr", bao.addr, env={"OWP_VAULT_TOKEN": "wrong"})

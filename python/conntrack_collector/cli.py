@@ -124,8 +124,8 @@ def tune_kernel_for(netns: str | None) -> None:
            "A password given with --amqp-password (a token with --vault-token) is visible in "
            "`ps`: prefer OWP_AMQP_PASSWORD (OWP_VAULT_TOKEN) or the config file. With a Vault "
            "token, the secrets at the Vault paths override the AMQP settings, and the "
-           "credentials' lease is renewed. Every flag can be set as OWP_<FLAG> (OWP_AMQP_HOST, ...) or in "
-           "conntrack-event-collector.yml (/etc/owp, /etc/config/owp, $HOME/.owp, .); a flag "
+           "credentials' lease is renewed. Every flag can be set as OWP_<FLAG> "
+           "(OWP_AMQP_HOST, ...) or in conntrack-event-collector.yml (/etc/owp, /etc/config/owp, $HOME/.owp, .); a flag "
            "wins over the environment, which wins over the file. See docs/cli.md.",
 )
 @click.option_panel("Flags", options=[
@@ -225,22 +225,12 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
                         "%s or the config file", key.replace("_", "-"), config.env_name(key))
     if effective["verbose"]:
         log.info("effective configuration:\n%s", shown.rstrip())
-    vault_settings = vault.settings_from(effective)
-    credentials, from_vault = None, {}
-    if vault_settings is not None:
-        try:  # hvac is imported only now, when Vault is used
-            given = vault.connect(vault_settings)
-        except vault.VaultError as exc:
-            raise Error(f"Vault: {exc}", ExitCode.ERROR) from None
-        # As the reference: what Vault says wins over flags, environment and file.
-        from_vault = given.overrides
-        effective.update(from_vault)
-        credentials = given.credentials
+    credentials, from_vault = _apply_vault(effective)
     try:
         hosts = parse_hosts(effective["amqp_host"], effective["amqp_port"])
     except BrokerConfigError as exc:
-        if vault_settings is not None and "amqp_host" in from_vault:
-            raise Error(f"Vault: the host in {vault_settings.path_config}: {exc}",
+        if "amqp_host" in from_vault:
+            raise Error(f"Vault: the host in {effective['vault_path_config']}: {exc}",
                         ExitCode.ERROR) from None
         raise click.UsageError(f"--amqp-host: {exc}", ctx) from None
     settings = RunSettings(
@@ -278,6 +268,22 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
                              events_to_stdout=settings.output == "stdout") as watching, \
             vault.running(credentials):
         return run(settings, stats, stream_factory=watching.watch(open_stream))
+
+
+def _apply_vault(effective: dict[str, Any]
+                 ) -> tuple[vault.VaultCredentials | None, dict[str, Any]]:
+    """With a Vault address and token: the config secret's AMQP settings put into
+    `effective` (as the reference, they win over flags, environment and file), and the
+    credentials; also the settings Vault gave."""
+    vault_settings = vault.settings_from(effective)
+    if vault_settings is None:
+        return None, {}
+    try:  # hvac is imported only now, when Vault is used
+        given = vault.connect(vault_settings)
+    except vault.VaultError as exc:
+        raise Error(f"Vault: {exc}", ExitCode.ERROR) from None
+    effective.update(given.overrides)
+    return given.credentials, given.overrides
 
 
 def _describe(ctx: click.Context, effective: Mapping[str, Any]) -> str:
