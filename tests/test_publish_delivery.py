@@ -25,7 +25,7 @@ from conntrack_collector import collector
 from conntrack_collector import session as session_module
 from conntrack_collector.broker import BrokerSettings
 from conntrack_collector.buffer import EventBuffer
-from conntrack_collector.exit_codes import ExitCode
+from conntrack_collector.errors import ExitCode
 from conntrack_collector.publisher import BATCH_TYPE, DEFAULT_BATCH_BYTES, Publisher
 from conntrack_collector.stats import CollectorStats
 from netns_util import needs_root

@@ -16,7 +16,7 @@ from . import _native
 from .broker import BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
 from .errors import Error, ExitCode
-from .publisher import Publisher
+from .publisher import DEFAULT_BATCH_BYTES, Publisher
 from .stats import CollectorStats, DropReason
 
 log = logging.getLogger("conntrack_collector")
@@ -47,6 +47,7 @@ class RunSettings:
     max_in_flight: int
     batch_events: int
     shutdown_timeout_s: float
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
 
 def open_stream(settings: RunSettings) -> Stream:
@@ -98,7 +99,8 @@ def run(settings: RunSettings, stats: CollectorStats,
         try:
             publisher = Publisher(settings.broker, buffer, stats,
                                   max_in_flight=settings.max_in_flight,
-                                  batch_events=settings.batch_events)
+                                  batch_events=settings.batch_events,
+                                  batch_bytes=settings.batch_bytes)
         except BrokerConfigError as exc:
             raise Error(str(exc), ExitCode.USAGE) from None
 
