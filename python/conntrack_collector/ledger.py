@@ -86,6 +86,13 @@ class Ledger:
         """Events handed to the ledger and not yet confirmed."""
         return self.counts.in_flight_events + self.counts.awaiting_events
 
+    def in_flight_messages(self) -> list[tuple[int, Message]]:
+        """(delivery tag, message) of what is in flight, oldest first."""
+        return [(tag, flight.message) for tag, flight in self._in_flight.items()]
+
+    def awaiting_messages(self) -> list[Message]:
+        return list(self._awaiting)
+
     def message_id(self, message: Message) -> str:
         return f"{self.id_prefix}-{message.seq}"
 
