@@ -193,6 +193,25 @@ def test_a_handshake_closed_without_a_refusal_is_retried_not_fatal(
     assert stats.dropped_by_reason == {"shutdown": 10}
 
 
+@needs_broker
+def test_an_explicit_refusal_from_every_host_before_any_success_is_one_clear_error(
+        closes_after_start: int) -> None:
+    # A virtual host that does not exist: the broker closes the handshake with 530 NOT_ALLOWED.
+    # The first host only hangs up (transient); the second refuses: a configuration that never
+    # worked, one line, exit 1.
+    base = settings("x")
+    vhost = unique_name("vhost")
+    broker = dataclasses.replace(base.broker, vhost=vhost,
+                                 hosts=(("127.0.0.1", closes_after_start), ("127.0.0.1", 5672)))
+    stats = CollectorStats()
+    stream = ScriptedStream([], stats, observe_s=30.0)
+    with pytest.raises(collector.Error) as info:
+        run(dataclasses.replace(base, broker=broker), stream, stats)
+    assert info.value.code == ExitCode.ERROR
+    assert f"RabbitMQ at 127.0.0.1:5672 denied access to virtual host {vhost!r}" in str(info.value)
+    assert "NOT_ALLOWED" in str(info.value)
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

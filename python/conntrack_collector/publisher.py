@@ -173,7 +173,7 @@ class Publisher:
                 refusals.append(result.refusal)
                 if result.refusal.credentials:
                     self._credentials.refused()
-                if not self._ever_ready and len(self.settings.hosts) > 1:
+                if (host, port) != self.settings.hosts[-1]:
                     log.warning("%s; trying the next host", result.refusal.reason)
         return None, refusals
 
