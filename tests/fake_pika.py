@@ -58,6 +58,7 @@ class Published:
     message_id: str
     body: bytes
     events: int
+    type: str | None = None
     returned: bool = False  # the broker returned it (no queue): acked, but not delivered
 
 
@@ -94,7 +95,7 @@ class FakeChannel:
         self.last_tag += 1
         events = properties.headers.get("events", 1)
         self.unconfirmed[self.last_tag] = Published(self.last_tag, properties.message_id, body,
-                                                    events)
+                                                    events, properties.type)
         self.connection.published.append(self.unconfirmed[self.last_tag])
 
 

@@ -155,12 +155,3 @@ def test_message_ids_are_stable_and_unique_per_process() -> None:
     a, b = Ledger(), Ledger()
     m = a.new_message([b"x"])
     assert a.message_id(m) == a.message_id(m) and a.message_id(m) != b.message_id(m)
-
-
-def test_drop_all_forgets_everything_unconfirmed_and_says_how_much() -> None:
-    ledger = Ledger()
-    ledger.sent(ledger.new_message([b"a", b"b"]))
-    ledger.sent(ledger.new_message([b"c"]))
-    ledger.nack(2, False)
-    assert ledger.drop_all() == 3
-    assert ledger.outstanding_events == 0 and ledger.in_flight == ledger.awaiting == 0

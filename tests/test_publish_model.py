@@ -274,4 +274,6 @@ def test_batch_messages_carry_their_type_and_event_count() -> None:
     channel = model.connection.channel_
     assert channel is not None
     assert [p.events for p in channel.unconfirmed.values()] == [3, 2]
-    assert BATCH_TYPE == "conntrack.events.batch"
+    assert {p.type for p in channel.unconfirmed.values()} == {BATCH_TYPE}
+    assert [json.loads(p.body) for p in channel.unconfirmed.values()] == [
+        [{"n": 0}, {"n": 1}, {"n": 2}], [{"n": 3}, {"n": 4}]]

@@ -172,8 +172,9 @@ def connect_refusal(exc: BaseException, host: str, port: int, settings: BrokerSe
                 continue  # the connection was lost, nobody refused anything
             text = closed[2].strip("'\"")
             if isinstance(cause, pika.exceptions.ProbableAuthenticationError):
-                return Refusal(f"{where} refused the credentials of user {settings.user!r}: "
-                               f"{text}", credentials=True)
+                # The broker's text adds nothing here ("Login was refused ...").
+                return Refusal(f"{where} refused the credentials of user {settings.user!r}",
+                               credentials=True)
             return Refusal(f"{where} denied access to virtual host {settings.vhost!r}: {text}",
                            credentials=int(closed[1]) == ACCESS_REFUSED)
     return None

@@ -5,7 +5,7 @@ It knows nothing of pika or of threads: the session tells it what happened (`sen
 again (`next_awaiting`). A message is at every moment in exactly one place: in flight (sent on
 the current channel, under a delivery tag, not yet confirmed), awaiting republish (nacked,
 returned, or in flight when its channel ended), or confirmed (counted, forgotten). Nothing
-confirmed is ever sent again, and nothing leaves the ledger unconfirmed except by `drop_all`.
+confirmed is ever sent again, and nothing leaves the ledger unconfirmed.
 
 The counts live here, in `counts`; the stats and the metrics only read them.
 """
@@ -202,14 +202,6 @@ class Ledger:
             kept.append(self.new_message(part))
         self._awaiting = kept
         return split
-
-    def drop_all(self) -> int:
-        """Forget everything unconfirmed (the process is giving up); returns its events."""
-        self.requeue_all()
-        events = self.counts.awaiting_events
-        self._awaiting.clear()
-        self.counts.awaiting_events = 0
-        return events
 
     def _take(self, tag: int, multiple: bool) -> list[Flight]:
         if not multiple:
