@@ -18,9 +18,12 @@ import json
 
 import pika.frame
 import pika.spec
+import pytest
+from conntrack_collector.broker import Refusal
 from conntrack_collector.buffer import EventBuffer
 from conntrack_collector.ledger import Ledger
-from conntrack_collector.session import BATCH_TYPE, Session, SessionOptions
+from conntrack_collector.publisher import after_round
+from conntrack_collector.session import BATCH_TYPE, Session, SessionOptions, SessionResult
 from conntrack_collector.stats import CollectorStats
 from fake_pika import FakeChannel, FakeConnection
 from hypothesis import Phase, settings
@@ -277,3 +280,24 @@ def test_batch_messages_carry_their_type_and_event_count() -> None:
     assert {p.type for p in channel.unconfirmed.values()} == {BATCH_TYPE}
     assert [json.loads(p.body) for p in channel.unconfirmed.values()] == [
         [{"n": 0}, {"n": 1}, {"n": 2}], [{"n": 3}, {"n": 4}]]
+
+
+# ---- the loop's decision after a round over the hosts ------------------------------------------
+
+REFUSED = [Refusal("RabbitMQ at h:5672 refused the credentials of user 'u'", credentials=True)]
+
+
+@pytest.mark.parametrize(("ready_for_s", "refusals", "ever_ready", "expected"), [
+    (60.0, [], True, "again"),  # a connection that worked was lost: reconnect at once
+    (60.0, REFUSED, True, "again"),  # an earlier host refused, a later one worked for long
+    (1.0, [], True, "backoff"),  # closed right after it got ready: do not spin
+    (None, [], False, "backoff"),  # nobody answered (or hung up during the handshake)
+    (None, [], True, "backoff"),
+    (None, REFUSED, False, "fatal"),  # refused, and it never worked: a wrong configuration
+    (None, REFUSED, True, "backoff"),  # refused after it worked: rotated credentials, retried
+])
+def test_after_a_round_only_a_refusal_of_what_never_worked_is_fatal(
+        ready_for_s: float | None, refusals: list[Refusal], ever_ready: bool,
+        expected: str) -> None:
+    ready = None if ready_for_s is None else SessionResult("h:5672", ready_for_s=ready_for_s)
+    assert after_round(ready, refusals, ever_ready) == expected

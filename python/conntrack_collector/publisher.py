@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from typing import Literal
 
 from .broker import BrokerSettings, Refusal, connect_refusal, connection_parameters, tls_context
 from .buffer import EventBuffer
@@ -127,18 +128,16 @@ class Publisher:
         try:
             while not self._closed.is_set() and not self._done():
                 ready, refusals = self._round()
-                if self.fatal_error:
-                    return
-                if ready is not None and ready.ready_for_s is not None \
-                        and ready.ready_for_s >= STABLE_CONNECTION_S:
+                step = after_round(ready, refusals, self._ever_ready)
+                if step == "again":
                     delay_s = self._reconnect_min_s
                     continue  # lost a connection that worked: try again at once
                 if self._done() or self._closed.is_set():
                     break
+                if step == "fatal":
+                    self.fatal_error = refusals[0].reason  # a configuration that never worked
+                    return
                 if refusals and ready is None:
-                    if not self._ever_ready:
-                        self.fatal_error = refusals[0].reason  # a configuration that never worked
-                        return
                     log.error("%s; it worked before (credentials rotated? a virtual host "
                               "restored?): retrying in %.1f s, %d events held",
                               "; ".join(r.reason for r in refusals), delay_s, self.outstanding())
@@ -206,3 +205,22 @@ class Publisher:
 
     def _done(self) -> bool:
         return self._stopping.is_set() and self.outstanding() == 0
+
+
+def after_round(ready: SessionResult | None, refusals: list[Refusal], ever_ready: bool
+                ) -> Literal["again", "backoff", "fatal"]:
+    """What the loop does after a round over the hosts. `ready`: the session that got ready
+    (and has ended since), if any; `refusals`: the explicit refusals of the hosts tried.
+
+    - "again": a connection that worked for STABLE_CONNECTION_S or more was lost: reconnect
+      at once;
+    - "fatal": no host got ready, some refused, and none ever worked: a configuration that
+      never worked (wrong password, wrong CA, an exchange of another type);
+    - "backoff": anything else, refusals included once it has worked: wait, then retry.
+    """
+    if ready is not None and ready.ready_for_s is not None \
+            and ready.ready_for_s >= STABLE_CONNECTION_S:
+        return "again"
+    if ready is None and refusals and not ever_ready:
+        return "fatal"
+    return "backoff"
