@@ -28,7 +28,6 @@ from conntrack_collector.buffer import EventBuffer
 from conntrack_collector.errors import ExitCode
 from conntrack_collector.publisher import BATCH_TYPE, DEFAULT_BATCH_BYTES, Publisher
 from conntrack_collector.stats import CollectorStats
-from netns_util import needs_root
 from rabbitmq import (
     consume,
     declare,
@@ -311,7 +310,6 @@ def deliver_backlog(broker: BrokerSettings, count: int, **options: Any) -> Colle
 
 
 @pytest.mark.root
-@needs_root
 @needs_rabbitmq_server
 def test_batches_are_capped_below_the_brokers_message_size_limit_and_never_dropped() -> None:
     # RabbitMQ 4's default max_message_size, on a node of our own. 40,000 events of ~470 bytes

@@ -66,7 +66,7 @@ def test_watchdog_is_not_fed_while_the_publisher_sits_on_events_it_could_publish
     stats = CollectorStats()
     progress = PublisherProgress()
     assert progress.healthy(stats)  # idle
-    stats.connection_state, stats.buffer_events = "connected", 6
+    stats.connection_state, stats.publish_buffer_events = "connected", 6
     stats.delivery.published = 1000
     assert progress.healthy(stats)  # it published since the last look
     assert not progress.healthy(stats)  # stuck: 6 buffered, none in flight, none published

@@ -81,7 +81,7 @@ class PublisherProgress:
         published = stats.published + stats.republished
         moved = published != self._last_published
         self._last_published = published
-        idle_with_work = (stats.connection_state == "connected" and stats.buffer_events > 0
+        idle_with_work = (stats.connection_state == "connected" and stats.publish_buffer_events > 0
                           and stats.in_flight_events == 0
                           and stats.awaiting_republish_events == 0)
         return moved or not idle_with_work
