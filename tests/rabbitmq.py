@@ -116,6 +116,7 @@ class PrivateNode:
     tls_port: int | None = None
     tls_files: dict[str, Path] | None = None  # cacert, cert, key
     management_port: int | None = None  # the management plugin's HTTP API, when set
+    extra_config: tuple[str, ...] = ()  # more rabbitmq.conf lines, e.g. "max_message_size = N"
     name: str = field(default_factory=lambda: f"ctc-test-{uuid.uuid4().hex[:8]}@localhost")
 
     def env(self) -> dict[str, str]:
@@ -134,7 +135,8 @@ class PrivateNode:
         return env
 
     def write_config(self) -> None:
-        lines = [f"listeners.tcp.default = {self.port}", "loopback_users = none"]
+        lines = [f"listeners.tcp.default = {self.port}", "loopback_users = none",
+                 *self.extra_config]
         if self.tls_port and self.tls_files:
             lines += [
                 f"listeners.ssl.default = {self.tls_port}",

@@ -59,12 +59,13 @@ def test_parse_address_refuses(address: str) -> None:
 def test_exports_every_counter_from_the_stats_object() -> None:
     stats = CollectorStats()
     stats.received_by_type.update(NEW=7, DESTROY=5)
-    stats.published, stats.republished, stats.confirmed = 10, 2, 9
-    stats.nacked, stats.returned = 1, 1
+    delivery = stats.delivery  # the ledger's counts: the stats only read them
+    delivery.published, delivery.republished, delivery.confirmed = 10, 2, 9
+    delivery.nacked, delivery.returned = 1, 1
     stats.drop(DropReason.BUFFER_FULL, 2)
-    stats.publish_buffer_events, stats.publish_buffer_bytes, stats.in_flight_events = 0, 0, 1
+    stats.publish_buffer_events, stats.publish_buffer_bytes, delivery.in_flight_events = 0, 0, 1
     stats.connection_state, stats.connections = "connected", 3
-    stats.confirm_latency_s_sum, stats.confirm_latency_count = 0.5, 4
+    delivery.confirm_latency_s_sum, delivery.confirm_latency_count = 0.5, 4
     stream = {"received": 13, "overruns": 4, "decode_errors": 1, "queued": 1}
 
     server = serve_metrics("127.0.0.1:0", stats, lambda: stream)

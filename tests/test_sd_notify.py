@@ -7,7 +7,13 @@ import socket
 from pathlib import Path
 
 import pytest
-from conntrack_collector.sd_notify import ReaderProgress, notify, watchdog_interval_s
+from conntrack_collector.sd_notify import (
+    PublisherProgress,
+    ReaderProgress,
+    notify,
+    watchdog_interval_s,
+)
+from conntrack_collector.stats import CollectorStats
 
 
 def test_notify_sends_to_the_socket_systemd_names(
@@ -53,3 +59,24 @@ def test_watchdog_is_fed_while_the_loop_takes_events() -> None:
     assert progress.healthy({"delivered": 50, "queued": 900})  # busy, but taking events
     assert not progress.healthy({"delivered": 50, "queued": 900})  # events wait, none taken
     assert progress.healthy({"delivered": 51, "queued": 900})
+
+
+def test_watchdog_is_not_fed_while_the_publisher_sits_on_events_it_could_publish() -> None:
+    # Issue 8, defect 1: connected, events buffered, nothing in flight, nothing published.
+    stats = CollectorStats()
+    progress = PublisherProgress()
+    assert progress.healthy(stats)  # idle
+    stats.connection_state, stats.publish_buffer_events = "connected", 6
+    stats.delivery.published = 1000
+    assert progress.healthy(stats)  # it published since the last look
+    assert not progress.healthy(stats)  # stuck: 6 buffered, none in flight, none published
+    stats.delivery.in_flight_events = 1000
+    assert progress.healthy(stats)  # waiting for a slow broker's confirms is not stuck
+    stats.delivery.in_flight_events, stats.delivery.awaiting_events = 0, 10
+    assert progress.healthy(stats)  # nor a pause after a nack or a return
+    stats.delivery.awaiting_events, stats.connection_state = 0, "disconnected"
+    assert progress.healthy(stats)  # nor an outage
+    stats.connection_state = "connected"
+    assert not progress.healthy(stats)
+    stats.delivery.published += 6
+    assert progress.healthy(stats)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import pika  # type: ignore[import-untyped]
 import pika.exceptions  # type: ignore[import-untyped]
@@ -102,39 +102,22 @@ def _check_readable(path: str | None, what: str) -> None:
         raise BrokerConfigError(f"cannot read {what} {path}: {exc.strerror or exc}")
 
 
-class Credentials(Protocol):
-    """Where the user and password of each connection attempt come from (see vault.py)."""
-
-    def current(self) -> tuple[str, str]: ...
-
-    def refused(self) -> None:
-        """The broker refused current(): have others ready for the next attempt."""
-
-
-def connection_parameters(
-    settings: BrokerSettings, context: ssl.SSLContext | None,
-    user_password: tuple[str, str] | None = None,
-) -> list[pika.ConnectionParameters]:
-    """One parameter set per host, in the configured order; the settings' user and password
-    unless others are given (those of this attempt)."""
-    user, password = user_password or (settings.user, settings.password)
-    credentials = pika.PlainCredentials(user, password)
-    return [
-        pika.ConnectionParameters(
-            host=host,
-            port=port,
-            virtual_host=settings.vhost,
-            credentials=credentials,
-            ssl_options=pika.SSLOptions(context, server_hostname=host) if context else None,
-            connection_attempts=1,  # our own loop retries, over the whole host list
-            socket_timeout=settings.connect_timeout_s,
-            stack_timeout=settings.connect_timeout_s * 2,
-            heartbeat=settings.heartbeat_s,
-            client_properties={
-                "connection_name": f"conntrack-event-collector {settings.router_id}"},
-        )
-        for host, port in settings.hosts
-    ]
+def connection_parameters(settings: BrokerSettings, context: ssl.SSLContext | None,
+                          host: str, port: int, user: str, password: str
+                          ) -> pika.ConnectionParameters:
+    """The parameters of one connection attempt to one host, with the credentials of now."""
+    return pika.ConnectionParameters(
+        host=host,
+        port=port,
+        virtual_host=settings.vhost,
+        credentials=pika.PlainCredentials(user, password),
+        ssl_options=pika.SSLOptions(context, server_hostname=host) if context else None,
+        connection_attempts=1,  # our own loop retries, over the whole host list
+        socket_timeout=settings.connect_timeout_s,
+        stack_timeout=settings.connect_timeout_s * 2,
+        heartbeat=settings.heartbeat_s,
+        client_properties={"connection_name": f"conntrack-event-collector {settings.router_id}"},
+    )
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -153,27 +136,47 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend((item.__cause__, item.__context__))
 
 
-def credentials_refused(exc: BaseException) -> bool:
-    return any(isinstance(cause, (pika.exceptions.ProbableAuthenticationError,
-                                  pika.exceptions.AuthenticationError))
-               for cause in _causes(exc))
+@dataclass(frozen=True)
+class Refusal:
+    """The broker (or its certificate) said no: retrying as is cannot help."""
+
+    reason: str  # one line, for the log and the exit message
+    credentials: bool = False  # the credentials were refused: a provider may fetch new ones
 
 
-def fatal_connect_error(exc: BaseException, host: str, port: int, settings: BrokerSettings,
-                        user: str | None = None) -> str | None:
-    """A one-line reason when the broker's answer means retrying can never help
-    (credentials, vhost access, TLS verification); None for transient failures."""
+# What pika keeps of a Connection.Close that came during its handshake: it raises a
+# Probable*Error whose argument is the repr of ConnectionClosedByBroker, "(code) 'text'".
+_CLOSED_BY_BROKER = re.compile(r"ConnectionClosedByBroker: \((\d+)\) (.*)", re.DOTALL)
+ACCESS_REFUSED, NOT_ALLOWED = 403, 530
+
+
+def connect_refusal(exc: BaseException, host: str, port: int, settings: BrokerSettings
+                    ) -> Refusal | None:
+    """A Refusal when the broker explicitly refused us: Connection.Close 403 ACCESS_REFUSED or
+    530 NOT_ALLOWED during the handshake, a mechanism it does not offer, or a certificate that
+    failed verification. None for everything else, transient: pika raises its
+    Probable{Authentication,AccessDenied}Error for ANY connection lost during the handshake
+    (a node restarting, a load balancer with no backend), and a TLS EOF or reset is the same."""
     where = f"RabbitMQ at {host}:{port}"
-    if credentials_refused(exc):
-        return f"{where} refused the credentials of user {user or settings.user!r}"
     for cause in _causes(exc):
-        if isinstance(cause, pika.exceptions.ProbableAccessDeniedError):
-            return f"{where} denied access to virtual host {settings.vhost!r}: {_first_arg(cause)}"
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return (f"TLS: the certificate of {where} failed verification against "
-                    f"{settings.ca or 'the system CAs'}: {cause.verify_message}")
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS with {where} failed: {cause.reason or cause}"
+            return Refusal(f"TLS: the certificate of {where} failed verification against "
+                           f"{settings.ca or 'the system CAs'}: {cause.verify_message}")
+        if isinstance(cause, pika.exceptions.AuthenticationError):
+            return Refusal(f"{where} offers no authentication mechanism we have "
+                           f"({_first_arg(cause)})", credentials=True)
+        if isinstance(cause, (pika.exceptions.ProbableAuthenticationError,
+                              pika.exceptions.ProbableAccessDeniedError)):
+            closed = _CLOSED_BY_BROKER.search(_first_arg(cause))
+            if closed is None or int(closed[1]) not in (ACCESS_REFUSED, NOT_ALLOWED):
+                continue  # the connection was lost, nobody refused anything
+            text = closed[2].strip("'\"")
+            if isinstance(cause, pika.exceptions.ProbableAuthenticationError):
+                # The broker's text adds nothing here ("Login was refused ...").
+                return Refusal(f"{where} refused the credentials of user {settings.user!r}",
+                               credentials=True)
+            return Refusal(f"{where} denied access to virtual host {settings.vhost!r}: {text}",
+                           credentials=int(closed[1]) == ACCESS_REFUSED)
     return None
 
 

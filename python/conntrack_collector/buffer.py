@@ -8,6 +8,7 @@ events already handed to the publisher (perhaps published, waiting for a confirm
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -50,18 +51,37 @@ class EventBuffer:
             waker()
         return True
 
-    def take(self, max_events: int, waker: Callable[[], None] | None = None) -> list[bytes]:
-        """Up to max_events of the oldest events. When there are none and a waker is given,
-        it is called once by the next put, so the consumer need not poll."""
+    def put_many(self, events: list[bytes]) -> int:
+        """Queue events in order; returns how many were kept (the rest dropped as full)."""
+        return sum(self.put(event) for event in events)
+
+    def take(self, max_events: int, *, max_bytes: int | None = None,
+             waker: Callable[[], None] | None = None) -> list[bytes]:
+        """Up to max_events of the oldest events, and no more than max_bytes of them (but at
+        least one, whatever its size). When there are none and a waker is given, it is called
+        once by the next put, so the consumer need not poll."""
         with self._lock:
-            n = min(max_events, len(self._events))
-            taken = [self._events.popleft() for _ in range(n)]
+            events = self._events
+            n = min(max_events, len(events))
+            if max_bytes is not None:
+                size, fit = 0, 0
+                for event in itertools.islice(events, n):
+                    if fit and size + len(event) > max_bytes:
+                        break
+                    size += len(event)
+                    fit += 1
+                n = fit
+            taken = [events.popleft() for _ in range(n)]
             self._bytes -= sum(map(len, taken))
-            self._stats.publish_buffer_events = len(self._events)
+            self._stats.publish_buffer_events = len(events)
             self._stats.publish_buffer_bytes = self._bytes
             if not taken:
                 self._waker = waker
             return taken
+
+    def release(self, events: int, bytes_: int) -> None:
+        """Events taken earlier are confirmed or dropped. A no-op here: this buffer bounds
+        only what it holds (the in-flight window bounds the rest)."""
 
     def clear(self) -> int:
         """Empty the buffer (at shutdown); returns how many events it held."""

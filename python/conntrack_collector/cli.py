@@ -19,6 +19,7 @@ from .collector import RunSettings, open_stream, run
 from .errors import Error, ExitCode
 from .kernel_tuning import KernelTuningError, netns_path, tune_kernel
 from .metrics import MetricsAddressError, parse_address
+from .publisher import DEFAULT_BATCH_BYTES
 from .router_id import default_router_id
 from .stats import CollectorStats
 
@@ -135,7 +136,7 @@ def tune_kernel_for(netns: str | None) -> None:
 @click.option_panel("Collector flags", options=[
     "--netns", "--events", "--fields", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
-    "--batch-events", "--shutdown-timeout", "--connect-timeout", "--config", "--print-config"])
+    "--batch-events", "--batch-bytes", "--shutdown-timeout", "--connect-timeout", "--config", "--print-config"])
 @click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
 @click.rich_config(help_config=click.RichHelpConfiguration(width=100))
 @click.help_option("-h", "--help", help="help for this command")
@@ -190,6 +191,10 @@ def tune_kernel_for(netns: str | None) -> None:
 @click.option("--batch-events", type=click.IntRange(1, 100_000), default=1, metavar="N",
               help="Up to N events per message, body a JSON array (AMQP type "
                    "`conntrack.events.batch`); 1 = one event per message, as the reference")
+@click.option("--batch-bytes", type=click.IntRange(1024, 512 << 20), default=DEFAULT_BATCH_BYTES,
+              metavar="BYTES",
+              help="With --batch-events: a batch's body at most this many bytes, under the "
+                   "broker's max_message_size (RabbitMQ 4: 16 MiB)")
 @click.option("--shutdown-timeout", type=click.FloatRange(0), default=10.0, metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long to wait for outstanding confirms")
 @click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, metavar="SECONDS",
@@ -256,6 +261,7 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         max_buffer_bytes=effective["max_buffer_bytes"],
         max_in_flight=effective["max_in_flight"],
         batch_events=effective["batch_events"],
+        batch_bytes=effective["batch_bytes"],
         shutdown_timeout_s=effective["shutdown_timeout"],
         fields=effective["fields"],
         credentials=credentials,

@@ -13,10 +13,11 @@ from types import FrameType
 from typing import Any, Callable, Protocol, cast
 
 from . import _native
-from .broker import BrokerConfigError, BrokerSettings, Credentials
+from .broker import BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
+from .credentials import CredentialsProvider
 from .errors import Error, ExitCode
-from .publisher import Publisher
+from .publisher import DEFAULT_BATCH_BYTES, Publisher
 from .stats import CollectorStats, DropReason
 
 log = logging.getLogger("conntrack_collector")
@@ -48,7 +49,8 @@ class RunSettings:
     batch_events: int
     shutdown_timeout_s: float
     fields: tuple[str, ...] = ()  # opt-in keys after ASSURED (EventStream's `fields`)
-    credentials: Credentials | None = None  # from Vault; else broker.user and .password
+    credentials: CredentialsProvider | None = None  # from Vault; else broker.user and .password
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
 
 def open_stream(settings: RunSettings) -> Stream:
@@ -102,6 +104,7 @@ def run(settings: RunSettings, stats: CollectorStats,
             publisher = Publisher(settings.broker, buffer, stats,
                                   max_in_flight=settings.max_in_flight,
                                   batch_events=settings.batch_events,
+                                  batch_bytes=settings.batch_bytes,
                                   credentials=settings.credentials)
         except BrokerConfigError as exc:
             raise Error(str(exc), ExitCode.USAGE) from None

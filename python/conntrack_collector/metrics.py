@@ -102,12 +102,15 @@ class CollectorMetrics(Collector):
                      stats.publish_buffer_bytes)
         yield _gauge("in_flight_events", "Events published and not yet confirmed.",
                      stats.in_flight_events)
+        yield _gauge("awaiting_republish_events",
+                     "Events nacked, returned or unconfirmed at a disconnect, to be published "
+                     "again.", stats.awaiting_republish_events)
 
         yield SummaryMetricFamily(
             f"{PREFIX}_publish_confirm_latency_seconds",
             "Time from publishing a message to the broker's confirm.",
-            count_value=stats.confirm_latency_count,
-            sum_value=stats.confirm_latency_s_sum)
+            count_value=stats.delivery.confirm_latency_count,
+            sum_value=stats.delivery.confirm_latency_s_sum)
 
         state = GaugeMetricFamily(
             f"{PREFIX}_broker_connection_state",

@@ -64,7 +64,7 @@ class Observers:
             notify("READY=1\nSTATUS=subscribed to conntrack events")
             interval_s = watchdog_interval_s()
             if interval_s is not None:
-                self._watchdog = Watchdog(self._stream_stats, interval_s)
+                self._watchdog = Watchdog(self._stream_stats, interval_s, self._stats)
                 self._watchdog.start()
             if self._verbose:
                 self._progress = Progress(

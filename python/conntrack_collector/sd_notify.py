@@ -3,7 +3,7 @@
 The service manager passes a datagram socket in $NOTIFY_SOCKET; "READY=1" tells it the
 collector is subscribed to the kernel's events, so units ordered after it start only when no
 event can be missed any more; "WATCHDOG=1", sent while the collector's loop keeps taking
-events, keeps `WatchdogSec=` from restarting it. Outside systemd every call does nothing.
+events and its publisher publishes what it holds, keeps `WatchdogSec=` from restarting it. Outside systemd every call does nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import socket
 import threading
 from collections.abc import Mapping
 from typing import Callable
+
+from .stats import CollectorStats
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +65,39 @@ class ReaderProgress:
         return queued == 0 or moved
 
 
+class PublisherProgress:
+    """Is the publisher publishing what it has, while it can?
+
+    Stalled: connected (not blocked), events in the buffer, none in flight and none waiting
+    to be published again (so it is not waiting for the broker, nor pausing after a nack or a
+    return), and nothing published since the last look. Any of that otherwise is healthy: an
+    idle collector, one waiting for an outage to end, one whose broker is slow to confirm.
+    """
+
+    def __init__(self) -> None:
+        self._last_published = -1
+
+    def healthy(self, stats: CollectorStats) -> bool:
+        published = stats.published + stats.republished
+        moved = published != self._last_published
+        self._last_published = published
+        idle_with_work = (stats.connection_state == "connected" and stats.publish_buffer_events > 0
+                          and stats.in_flight_events == 0
+                          and stats.awaiting_republish_events == 0)
+        return moved or not idle_with_work
+
+
 class Watchdog:
-    """Sends WATCHDOG=1 every `interval_s` while the loop is healthy, from a daemon thread."""
+    """Sends WATCHDOG=1 every `interval_s` while the loop and the publisher are healthy, from
+    a daemon thread."""
 
     def __init__(self, stream_stats: Callable[[], Mapping[str, object]],
-                 interval_s: float) -> None:
+                 interval_s: float, stats: CollectorStats | None = None) -> None:
         self._stream_stats = stream_stats
+        self._stats = stats
         self._interval_s = interval_s
         self._progress = ReaderProgress()
+        self._publisher = PublisherProgress()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sd-watchdog", daemon=True)
 
@@ -83,8 +110,14 @@ class Watchdog:
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval_s):
-            if self._progress.healthy(self._stream_stats()):
+            # Both looks every time: each compares with its previous one.
+            reader_ok = self._progress.healthy(self._stream_stats())
+            publisher_ok = self._stats is None or self._publisher.healthy(self._stats)
+            if reader_ok and publisher_ok:
                 notify("WATCHDOG=1")
-            else:
+            elif not reader_ok:
                 log.warning("events wait in the reader's queue and none were taken for %.0f s: "
                             "not feeding systemd's watchdog", self._interval_s)
+            else:
+                log.error("connected, events buffered, and none published for %.0f s: the "
+                          "publisher is stuck; not feeding systemd's watchdog", self._interval_s)

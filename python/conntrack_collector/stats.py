@@ -1,13 +1,16 @@
-"""Counters of the collector, in one object that the metrics exporter and the progress display read.
+"""Counters of the collector, in one object the metrics exporter and the live display read.
 
 Every counter has a single writer thread (the reader loop or the publisher thread), so plain
-integer attributes are enough under the GIL; readers may see a value a moment old.
+integer attributes are enough under the GIL; readers may see a value a moment old. The delivery
+counts are the ledger's (ledger.py): here they are only read, through `delivery`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+
+from .ledger import DeliveryCounts
 
 
 class DropReason(str, Enum):
@@ -31,24 +34,17 @@ class CollectorStats:
     # Events refused or abandoned, by reason.
     dropped_by_reason: dict[DropReason, int] = field(default_factory=dict)
 
-    # Written by the publisher thread. Counted in events, not messages (a batch counts its events).
-    published: int = 0  # first publish of an event
-    republished: int = 0  # published again after a nack, a return or a lost connection
-    confirmed: int = 0  # acked by the broker: delivered
-    nacked: int = 0
-    returned: int = 0
-    messages_confirmed: int = 0
+    # The publisher's ledger's counts (the publisher plugs its own in); zeros without one.
+    delivery: DeliveryCounts = field(default_factory=DeliveryCounts)
+
+    # Written by the publisher thread: what the connection is doing, for people to see.
     connections: int = 0  # successful connections, the first one included
     connection_state: str = "disconnected"  # "connecting", "connected", "blocked"
     connected_host: str = ""
-    # Publish-to-confirm latency, summed over confirmed messages.
-    confirm_latency_s_sum: float = 0.0
-    confirm_latency_count: int = 0
 
     # Kept current by the buffer.
     publish_buffer_events: int = 0
     publish_buffer_bytes: int = 0
-    in_flight_events: int = 0
 
     @property
     def received(self) -> int:
@@ -60,3 +56,32 @@ class CollectorStats:
 
     def drop(self, reason: DropReason, events: int) -> None:
         self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + events
+
+    # Read-only views of the ledger's counts, in events (a batch counts its events).
+    @property
+    def published(self) -> int:
+        return self.delivery.published
+
+    @property
+    def republished(self) -> int:
+        return self.delivery.republished
+
+    @property
+    def confirmed(self) -> int:
+        return self.delivery.confirmed
+
+    @property
+    def nacked(self) -> int:
+        return self.delivery.nacked
+
+    @property
+    def returned(self) -> int:
+        return self.delivery.returned
+
+    @property
+    def in_flight_events(self) -> int:
+        return self.delivery.in_flight_events
+
+    @property
+    def awaiting_republish_events(self) -> int:
+        return self.delivery.awaiting_events
