@@ -15,6 +15,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::decode;
 use crate::error::Error;
 use crate::event::{l4proto_name, Direction, Event, EventType};
+use crate::filter::Filter;
 use crate::json;
 use crate::queue::Pop;
 use crate::reader::{
@@ -69,6 +70,10 @@ impl EventStream {
         reliable = false,
         as_json = false,
         queue_events = DEFAULT_QUEUE_EVENTS,
+        accept_protocols = vec![],
+        ignore_protocols = vec![],
+        accept_addresses = vec![],
+        ignore_addresses = vec![],
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -80,7 +85,17 @@ impl EventStream {
         reliable: bool,
         as_json: bool,
         queue_events: usize,
+        accept_protocols: Vec<String>,
+        ignore_protocols: Vec<String>,
+        accept_addresses: Vec<String>,
+        ignore_addresses: Vec<String>,
     ) -> PyResult<Self> {
+        let filter = parse_filter(
+            accept_protocols,
+            ignore_protocols,
+            accept_addresses,
+            ignore_addresses,
+        )?;
         let types = types
             .iter()
             .map(|name| {
@@ -98,6 +113,7 @@ impl EventStream {
             buffer_bytes,
             reliable,
             queue_events,
+            filter,
         };
         let stream = py.allow_threads(|| Stream::start(options))?;
         Ok(EventStream {
@@ -157,6 +173,7 @@ impl EventStream {
         dict.set_item("received", stats.received)?;
         dict.set_item("delivered", stats.delivered)?;
         dict.set_item("filtered", stats.filtered)?;
+        dict.set_item("filtered_by_fallback", stats.filtered_by_fallback)?;
         dict.set_item("overruns", stats.overruns)?;
         dict.set_item("decode_errors", stats.decode_errors)?;
         dict.set_item("queued", queued)?;
@@ -296,6 +313,44 @@ fn decode_datagram(
     Ok(events)
 }
 
+/// Parses accept/ignore lists as EventStream does; ValueError (one line) for a bad item.
+#[pyfunction]
+#[pyo3(signature = (
+    accept_protocols = vec![],
+    ignore_protocols = vec![],
+    accept_addresses = vec![],
+    ignore_addresses = vec![],
+))]
+fn check_filter(
+    accept_protocols: Vec<String>,
+    ignore_protocols: Vec<String>,
+    accept_addresses: Vec<String>,
+    ignore_addresses: Vec<String>,
+) -> PyResult<()> {
+    parse_filter(
+        accept_protocols,
+        ignore_protocols,
+        accept_addresses,
+        ignore_addresses,
+    )
+    .map(|_| ())
+}
+
+fn parse_filter(
+    accept_protocols: Vec<String>,
+    ignore_protocols: Vec<String>,
+    accept_addresses: Vec<String>,
+    ignore_addresses: Vec<String>,
+) -> PyResult<Filter> {
+    Filter::parse(
+        &accept_protocols,
+        &ignore_protocols,
+        &accept_addresses,
+        &ignore_addresses,
+    )
+    .map_err(PyValueError::new_err)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -307,5 +362,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConntrackError", m.py().get_type::<ConntrackError>())?;
     m.add_class::<EventStream>()?;
     m.add_function(wrap_pyfunction!(decode_datagram, m)?)?;
+    m.add_function(wrap_pyfunction!(check_filter, m)?)?;
     Ok(())
 }

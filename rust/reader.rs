@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::decode::{self, Skip};
 use crate::error::{Error, Result};
 use crate::event::EventType;
+use crate::filter::Filter;
 use crate::kernel;
 use crate::queue::{Pop, Queue, Stats};
 use crate::socket::{EventSocket, Received};
@@ -44,6 +45,8 @@ pub struct Options {
     pub reliable: bool,
     /// Events the queue holds before the reader stops reading.
     pub queue_events: usize,
+    /// Accept/ignore rules: attached to the socket, and applied again to what passes it.
+    pub filter: Filter,
 }
 
 impl Default for Options {
@@ -55,6 +58,7 @@ impl Default for Options {
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             reliable: false,
             queue_events: DEFAULT_QUEUE_EVENTS,
+            filter: Filter::default(),
         }
     }
 }
@@ -225,6 +229,16 @@ fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Sta
             .set_reliable()
             .map_err(|e| Error::os("cannot enable reliable event delivery", e))?;
     }
+    if let Some(program) = options.filter.compile() {
+        socket.attach_filter(&program.instructions).map_err(|e| {
+            Error::KernelUnsupported(format!(
+                "the kernel refused the event filter ({} BPF instructions; net.core.optmem_max \
+                 bounds its size): {e}",
+                program.instructions.len()
+            ))
+        })?;
+        started.warnings.extend(program.left_to_rust);
+    }
     socket
         .set_receive_timeout(RECV_SLICE)
         .map_err(|e| Error::os("cannot set a receive timeout", e))?;
@@ -289,6 +303,8 @@ fn handle_datagram(
             options.types.contains(&event.event_type) && (!options.nat_only || event.is_src_nat());
         if !wanted {
             queue.count(|s| s.filtered += 1);
+        } else if !options.filter.keeps(&event) {
+            queue.count(|s| s.filtered_by_fallback += 1);
         } else if !queue.push(event, stop) {
             return false;
         }

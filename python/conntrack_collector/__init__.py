@@ -34,6 +34,17 @@ Event = Union[dict[str, Any], bytes]
 
 DEFAULT_TYPES: tuple[str, ...] = tuple(_native.DEFAULT_TYPES)
 
+#: A filter list: a sequence of items, or one comma-separated string ("tcp,udp").
+FilterItems = Union[str, Iterable[Union[str, int]], None]
+
+
+def filter_items(value: FilterItems) -> list[str]:
+    """`"tcp, udp"` or `["tcp", 17]` -> `["tcp", "17"]`; None -> no rule."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [str(item) for item in value]
+    return [item.strip() for item in items if item.strip()]
+
 
 class EventStream:
     """Conntrack events from the kernel, as they happen.
@@ -50,6 +61,14 @@ class EventStream:
         dropping them (NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS).
     as_json: give the JSON message as bytes instead of a dict.
     queue_events: events held between the reader thread and you before it stops reading.
+    accept_protocols, ignore_protocols: IP protocols (tcp, udp, udplite, icmp, icmpv6, sctp,
+        gre, dccp, or numbers) of the original tuple: only these, or all but these.
+    accept_addresses, ignore_addresses: IPv4/IPv6 addresses or subnets (10.0.0.0/8,
+        fd00::/8), matched against either address of the original tuple; a list of one
+        family never hides the other family's events.
+        Each a sequence or a comma-separated string. The rules run in the kernel, as a socket
+        filter: ignored events are never queued for us, nor counted (stats() cannot see them).
+        A bad item raises ValueError.
     """
 
     def __init__(
@@ -62,6 +81,10 @@ class EventStream:
         reliable: bool = False,
         as_json: bool = False,
         queue_events: int = _native.DEFAULT_QUEUE_EVENTS,
+        accept_protocols: FilterItems = None,
+        ignore_protocols: FilterItems = None,
+        accept_addresses: FilterItems = None,
+        ignore_addresses: FilterItems = None,
     ) -> None:
         if isinstance(types, str):
             types = [t for t in types.split(",") if t.strip()]
@@ -73,6 +96,10 @@ class EventStream:
             reliable=reliable,
             as_json=as_json,
             queue_events=queue_events,
+            accept_protocols=filter_items(accept_protocols),
+            ignore_protocols=filter_items(ignore_protocols),
+            accept_addresses=filter_items(accept_addresses),
+            ignore_addresses=filter_items(ignore_addresses),
         )
         for warning in self._native.startup_warnings:
             logger.warning("%s", warning)
@@ -89,8 +116,10 @@ class EventStream:
         return self._native.poll(timeout_s)
 
     def stats(self) -> dict[str, int]:
-        """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
-        socket_buffer_bytes (the receive buffer the kernel granted)."""
+        """received, delivered, filtered (by nat_only or type), filtered_by_fallback (left
+        out by the accept/ignore rules in userspace, after the kernel's filter let them
+        through), overruns, decode_errors, queued, peak_queued, socket_buffer_bytes (the receive
+        buffer the kernel granted). Events the kernel's filter dropped appear nowhere."""
         return self._native.stats()
 
     @property

@@ -38,7 +38,13 @@ class EventStream:
         reliable: bool = False,
         as_json: bool = False,
         queue_events: int = ...,
-    ) -> None: ...
+        accept_protocols: Sequence[str] = (),
+        ignore_protocols: Sequence[str] = (),
+        accept_addresses: Sequence[str] = (),
+        ignore_addresses: Sequence[str] = (),
+    ) -> None:
+        """The accept/ignore lists are compiled to a BPF socket filter attached to the
+        socket; ValueError for a bad item, ConntrackError if the kernel refuses the program."""
     @property
     def startup_warnings(self) -> list[str]:
         """One line per kernel setting that makes events incomplete or missing."""
@@ -49,8 +55,8 @@ class EventStream:
     def poll(self, timeout_s: float) -> Event | None:
         """One event, or None if none arrives within `timeout_s` seconds."""
     def stats(self) -> dict[str, int]:
-        """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
-        socket_buffer_bytes."""
+        """received, delivered, filtered, filtered_by_fallback, overruns, decode_errors,
+        queued, peak_queued, socket_buffer_bytes."""
     def close(self) -> None:
         """Stops and joins the reader thread; queued events are discarded."""
     def __enter__(self) -> Self: ...
@@ -61,3 +67,11 @@ def decode_datagram(
 ) -> list[Event]:
     """Decodes one recorded netlink datagram as the reader would; raises ConntrackError
     for a malformed message."""
+
+def check_filter(
+    accept_protocols: Sequence[str] = (),
+    ignore_protocols: Sequence[str] = (),
+    accept_addresses: Sequence[str] = (),
+    ignore_addresses: Sequence[str] = (),
+) -> None:
+    """Parses accept/ignore lists as EventStream does; ValueError (one line) for a bad item."""

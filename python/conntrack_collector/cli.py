@@ -46,6 +46,28 @@ class EventTypes(click.ParamType):  # type: ignore[type-arg]
         return tuple(dict.fromkeys(types))  # de-duplicated, in the given order
 
 
+class FilterList(click.ParamType):  # type: ignore[type-arg]
+    """`tcp,udp` / `10.0.0.0/8,fd00::/8` (or a YAML list) -> a tuple, checked by the same
+    parser as the reader's (a bad item is a usage error)."""
+
+    def __init__(self, key: str, metavar: str) -> None:
+        self.key = key
+        self.name = metavar.lower()
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, ...]:
+        from . import filter_items  # the package imports the native module: only when used
+
+        items = filter_items(value if isinstance(value, (str, list, tuple)) else str(value))
+        from ._native import check_filter
+
+        try:
+            check_filter(**{self.key: items})
+        except ValueError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+        return tuple(dict.fromkeys(items))
+
+
 def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Eager: runs before the other options, so the file and the environment become their
     defaults (click's default_map) and the command line still wins over both."""
@@ -117,6 +139,8 @@ def tune_kernel_for(netns: str | None) -> None:
     "--netns", "--events", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
     "--batch-events", "--shutdown-timeout", "--connect-timeout", "--config", "--print-config"])
+@click.option_panel("Filters (in the kernel)", options=[
+    "--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses"])
 @click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
 @click.rich_config(help_config=click.RichHelpConfiguration(width=100))
 @click.help_option("-h", "--help", help="help for this command")
@@ -170,6 +194,22 @@ def tune_kernel_for(netns: str | None) -> None:
                    "/etc/owp, /etc/config/owp, $HOME/.owp, .]")
 @click.option("--print-config", is_flag=True, default=False,
               help="Print the effective configuration (secrets hidden) and exit")
+@click.option("--accept-protocols", type=FilterList("accept_protocols", "LIST"), default=(),
+              metavar="LIST", show_default=False,
+              help="Only events of these IP protocols, comma-separated: tcp, udp, udplite, icmp, "
+                   "icmpv6, sctp, gre, dccp or numbers")
+@click.option("--ignore-protocols", type=FilterList("ignore_protocols", "LIST"), default=(),
+              metavar="LIST", show_default=False,
+              help="All events but those of these IP protocols")
+@click.option("--accept-addresses", type=FilterList("accept_addresses", "CIDRS"), default=(),
+              metavar="CIDRS", show_default=False,
+              help="Only events whose original source or destination is in one of these "
+                   "addresses or subnets (10.0.0.0/8,fd00::/8); a list of one family keeps "
+                   "every event of the other")
+@click.option("--ignore-addresses", type=FilterList("ignore_addresses", "CIDRS"), default=(),
+              metavar="CIDRS", show_default=False,
+              help="All events but those whose original source or destination is in one of "
+                   "these addresses or subnets")
 @click.option("--metrics-addr", metavar="HOST:PORT", callback=check_metrics_addr,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (:PORT: every interface)")
 @click.option("--tune-kernel", is_flag=True, default=False,
@@ -201,6 +241,10 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         nat_only=effective["nat_only"],
         socket_buffer_bytes=effective["buffer_size"],
         reliable=effective["reliable"],
+        accept_protocols=effective["accept_protocols"],
+        ignore_protocols=effective["ignore_protocols"],
+        accept_addresses=effective["accept_addresses"],
+        ignore_addresses=effective["ignore_addresses"],
         output=effective["output"].lower(),
         broker=BrokerSettings(
             hosts=hosts,

@@ -47,6 +47,11 @@ class RunSettings:
     max_in_flight: int
     batch_events: int
     shutdown_timeout_s: float
+    # Accept/ignore rules, compiled to the reader's socket filter (empty: no rule).
+    accept_protocols: tuple[str, ...] = ()
+    ignore_protocols: tuple[str, ...] = ()
+    accept_addresses: tuple[str, ...] = ()
+    ignore_addresses: tuple[str, ...] = ()
 
 
 def open_stream(settings: RunSettings) -> Stream:
@@ -60,6 +65,10 @@ def open_stream(settings: RunSettings) -> Stream:
             buffer_bytes=settings.socket_buffer_bytes,
             reliable=settings.reliable,
             as_json=True,
+            accept_protocols=settings.accept_protocols,
+            ignore_protocols=settings.ignore_protocols,
+            accept_addresses=settings.accept_addresses,
+            ignore_addresses=settings.ignore_addresses,
         )
     except PermissionError as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.NO_PERMISSION) from None
