@@ -103,4 +103,4 @@ def test_api_bad_values_raise_value_error_before_opening_anything(
     with pytest.raises(ValueError) as raised:
         conntrack_collector.EventStream(**arguments)  # type: ignore[arg-type]
     assert "\n" not in str(raised.value)
-    assert list(arguments)[0] in str(raised.value)
+    assert next(iter(arguments)) in str(raised.value)

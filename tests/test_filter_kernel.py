@@ -83,7 +83,7 @@ def keeps(event: dict[str, Any], rules: dict[str, Any]) -> bool:
         return False
     addresses = [ipaddress.ip_address(original["Layer3"][k]) for k in ("Src", "Dst")]
     version = addresses[0].version
-    hit = lambda nets: any(a in n for n in nets for a in addresses)  # noqa: E731
+    hit = lambda nets: any(a in n for n in nets for a in addresses)
     accept_nets = subnets("accept_addresses", version)
     if accept_nets and not hit(accept_nets):
         return False
