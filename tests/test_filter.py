@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conntrack_collector import filter_items
 from conntrack_collector.cli import main
-from conntrack_collector.exit_codes import ExitCode
+from conntrack_collector.errors import ExitCode
 
 FLAGS = ("--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses")
 

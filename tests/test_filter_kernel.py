@@ -11,17 +11,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import conntrack_collector
 import pytest
 from collector_process import Collector
 from conntrack_collector import EventStream, filter_items
 from conntrack_text import parse_line
-from netns_util import conntrack_netns, flush_flows, needs_root, run, send_udp_flows
+from netns_util import flush_flows, run, send_udp_flows, wait_for_listeners
 
-pytestmark = [pytest.mark.root, needs_root]
+pytestmark = pytest.mark.root
 
 TESTS = Path(__file__).parent
 # The test's own reading of the rules (independent of the Rust code).
@@ -91,11 +91,11 @@ def keeps(event: dict[str, Any], rules: dict[str, Any]) -> bool:
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    with conntrack_netns("filter") as name:
-        for address in ADDRESSES:
-            run("ip", "-n", name, "addr", "add", address, "dev", "lo", "nodad")
-        yield name
+def netns(netns: str) -> str:
+    """The shared namespace fixture, with addresses of two IPv4 and two IPv6 subnets."""
+    for address in ADDRESSES:
+        run("ip", "-n", netns, "addr", "add", address, "dev", "lo", "nodad")
+    return netns
 
 
 def drain(stream: EventStream, quiet_s: float = 1.0) -> list[Any]:
@@ -118,7 +118,7 @@ def test_filtered_streams_equal_conntrack_tool_filtered_the_same_way(netns: str)
     )
     streams = [EventStream(("NEW", "DESTROY"), netns=netns, **rules) for rules in RULES]
     try:
-        time.sleep(1.0)  # the tool must subscribe before the flows exist
+        wait_for_listeners(netns, len(RULES) + 1)  # the tool too, or it sees no flow
         run("ip", "netns", "exec", netns, sys.executable, "-c", TRAFFIC)
         flush_flows(netns)
         ours = [drain(stream) for stream in streams]
@@ -202,8 +202,12 @@ table ip nat {
 
 
 def test_cli_filters_the_stdout_stream(netns: str) -> None:
+    # collector_command runs the interpreter's real path, outside a virtualenv: point it at
+    # the package this test imports.
+    package_root = Path(conntrack_collector.__file__).parent.parent
     collector = Collector("--netns", netns, "--output", "stdout", "--ignore-protocols", "udp",
-                          "--accept-addresses", "10.1.0.0/24")
+                          "--accept-addresses", "10.1.0.0/24",
+                          env={"PYTHONPATH": str(package_root)})
     try:
         collector.wait_listening()
         run("ip", "netns", "exec", netns, sys.executable, str(TESTS / "traffic.py"),
@@ -216,8 +220,7 @@ def test_cli_filters_the_stdout_stream(netns: str) -> None:
     finally:
         code = collector.stop(signal.SIGINT)
     assert code == 0, collector.log
-    assert collector.process.stdout is not None
-    events = [json.loads(line) for line in collector.process.stdout.read().splitlines()]
+    events = [json.loads(line) for line in collector.stdout]
     seen = sorted((e["Type"], e["Original"]["Layer4"]["Protoname"],
                    e["Original"]["Layer3"]["Src"]) for e in events)
     # tcp6 stays (no IPv6 address rule); tcp4 on 127.0.0.1 and every UDP flow do not.

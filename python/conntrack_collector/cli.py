@@ -13,7 +13,7 @@ import rich_click as click
 import yaml
 from click.core import ParameterSource
 
-from . import _native, config, observers
+from . import _native, config, filter_items, observers
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
 from .collector import RunSettings, open_stream, run
 from .errors import Error, ExitCode
@@ -56,13 +56,9 @@ class FilterList(click.ParamType):  # type: ignore[type-arg]
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> tuple[str, ...]:
-        from . import filter_items  # the package imports the native module: only when used
-
         items = filter_items(value if isinstance(value, (str, list, tuple)) else str(value))
-        from ._native import check_filter
-
         try:
-            check_filter(**{self.key: items})
+            _native.check_filter(**{self.key: items})
         except ValueError as exc:
             self.fail(str(exc).split(": ", 1)[-1], param, ctx)
         return tuple(dict.fromkeys(items))
