@@ -5,6 +5,8 @@
 //! rule matches when either address of the original tuple is in one of its subnets, and applies
 //! only to events of its own family (an IPv4 list never hides IPv6 events). Both kinds of rule
 //! may be given: an event is kept when it is accepted (if an accept list exists) and not ignored.
+//! TCP state rules apply to TCP events that carry a state (CTA_PROTOINFO_TCP_STATE: NEW and
+//! DESTROY always do, an UPDATE when the state changed); other events pass them.
 //!
 //! The same rules are applied in Rust (`Filter::keeps`) to whatever the kernel let through: a
 //! condition left out of the program (too long for the kernel) or a message the program could
@@ -73,6 +75,10 @@ const CTA_IP_V4_DST: u32 = 2;
 const CTA_IP_V6_SRC: u32 = 3;
 const CTA_IP_V6_DST: u32 = 4;
 const CTA_PROTO_NUM: u32 = 1;
+const CTA_PROTOINFO: u32 = 4;
+const CTA_PROTOINFO_TCP: u32 = 1;
+const CTA_PROTOINFO_TCP_STATE: u32 = 1;
+const IPPROTO_TCP: u8 = 6;
 // The program's scratch memory slots.
 const M_ORIG: u32 = 0;
 const M_IP: u32 = 1;
@@ -190,6 +196,35 @@ pub fn parse_protocol(text: &str) -> Result<u8, String> {
         })
 }
 
+/// `enum tcp_conntrack`, named as `conntrack` prints them.
+const TCP_STATES: [&str; 10] = [
+    "NONE",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+    "SYN_SENT2",
+];
+
+/// `ESTABLISHED`, `time_wait`: a TCP conntrack state.
+pub fn parse_tcp_state(text: &str) -> Result<u8, String> {
+    let text = text.trim();
+    TCP_STATES
+        .iter()
+        .position(|name| name.eq_ignore_ascii_case(text))
+        .map(|state| state as u8)
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a TCP state: expected {}",
+                TCP_STATES.join(", ")
+            )
+        })
+}
+
 /// The rules. Empty lists mean no rule; an all-empty filter compiles to no program at all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -197,6 +232,19 @@ pub struct Filter {
     pub ignore_protocols: Vec<u8>,
     pub accept_addresses: Vec<Subnet>,
     pub ignore_addresses: Vec<Subnet>,
+    pub accept_tcp_states: Vec<u8>,
+    pub ignore_tcp_states: Vec<u8>,
+}
+
+/// The rules as text, one list each: what the command line and the API give.
+#[derive(Clone, Debug, Default)]
+pub struct FilterText {
+    pub accept_protocols: Vec<String>,
+    pub ignore_protocols: Vec<String>,
+    pub accept_addresses: Vec<String>,
+    pub ignore_addresses: Vec<String>,
+    pub accept_tcp_states: Vec<String>,
+    pub ignore_tcp_states: Vec<String>,
 }
 
 /// The compiled program, and what it leaves to Rust.
@@ -208,30 +256,34 @@ pub struct Program {
 }
 
 impl Filter {
-    /// Parses the four lists (each item a name, number, address or subnet); one line of error.
-    pub fn parse(
-        accept_protocols: &[String],
-        ignore_protocols: &[String],
-        accept_addresses: &[String],
-        ignore_addresses: &[String],
-    ) -> Result<Filter, String> {
-        let protocols = |what: &str, items: &[String]| {
+    /// Parses the lists (each item a name, number, address, subnet or state); one line of
+    /// error naming the list.
+    pub fn parse(text: &FilterText) -> Result<Filter, String> {
+        fn each<T>(
+            what: &str,
+            items: &[String],
+            parse: impl Fn(&str) -> Result<T, String>,
+        ) -> Result<Vec<T>, String> {
             items
                 .iter()
-                .map(|item| parse_protocol(item).map_err(|e| format!("{what}: {e}")))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let subnets = |what: &str, items: &[String]| {
-            items
-                .iter()
-                .map(|item| Subnet::parse(item).map_err(|e| format!("{what}: {e}")))
-                .collect::<Result<Vec<_>, _>>()
-        };
+                .map(|item| parse(item).map_err(|e| format!("{what}: {e}")))
+                .collect()
+        }
         Ok(Filter {
-            accept_protocols: protocols("accept_protocols", accept_protocols)?,
-            ignore_protocols: protocols("ignore_protocols", ignore_protocols)?,
-            accept_addresses: subnets("accept_addresses", accept_addresses)?,
-            ignore_addresses: subnets("ignore_addresses", ignore_addresses)?,
+            accept_protocols: each("accept_protocols", &text.accept_protocols, parse_protocol)?,
+            ignore_protocols: each("ignore_protocols", &text.ignore_protocols, parse_protocol)?,
+            accept_addresses: each("accept_addresses", &text.accept_addresses, Subnet::parse)?,
+            ignore_addresses: each("ignore_addresses", &text.ignore_addresses, Subnet::parse)?,
+            accept_tcp_states: each(
+                "accept_tcp_states",
+                &text.accept_tcp_states,
+                parse_tcp_state,
+            )?,
+            ignore_tcp_states: each(
+                "ignore_tcp_states",
+                &text.ignore_tcp_states,
+                parse_tcp_state,
+            )?,
         })
     }
 
@@ -240,6 +292,11 @@ impl Filter {
             && self.ignore_protocols.is_empty()
             && self.accept_addresses.is_empty()
             && self.ignore_addresses.is_empty()
+            && !self.has_state_rules()
+    }
+
+    fn has_state_rules(&self) -> bool {
+        !self.accept_tcp_states.is_empty() || !self.ignore_tcp_states.is_empty()
     }
 
     /// Whether the rules keep this event: the definition the program implements.
@@ -250,6 +307,13 @@ impl Filter {
         }
         if self.ignore_protocols.contains(&protocol) {
             return false;
+        }
+        if let (IPPROTO_TCP, Some(state)) = (protocol, event.tcp_state) {
+            let accepted =
+                self.accept_tcp_states.is_empty() || self.accept_tcp_states.contains(&state);
+            if !accepted || self.ignore_tcp_states.contains(&state) {
+                return false;
+            }
         }
         let addresses = [event.original.src, event.original.dst];
         let matches = |subnets: &[Subnet]| {
@@ -311,7 +375,8 @@ impl Filter {
         asm.find(SKF_AD_NLATTR, CTA_TUPLE_ORIG, keep);
         asm.store(M_ORIG);
 
-        if !self.accept_protocols.is_empty() || !self.ignore_protocols.is_empty() {
+        let has_protocols = !self.accept_protocols.is_empty() || !self.ignore_protocols.is_empty();
+        if has_protocols || self.has_state_rules() {
             asm.find(SKF_AD_NLATTR_NEST, CTA_TUPLE_PROTO, keep);
             asm.find(SKF_AD_NLATTR_NEST, CTA_PROTO_NUM, keep);
             asm.load_value(BPF_B);
@@ -327,6 +392,30 @@ impl Filter {
             for &protocol in &self.ignore_protocols {
                 asm.jump_if(BPF_JEQ, u32::from(protocol), drop);
             }
+        }
+
+        if self.has_state_rules() {
+            // Only TCP events that carry their state are judged; the others pass.
+            let judged = asm.label();
+            asm.load(BPF_MEM, M_PROTO);
+            asm.jump_unless(BPF_JEQ, u32::from(IPPROTO_TCP), judged);
+            asm.load(BPF_IMM, ATTRIBUTES_AT);
+            asm.find(SKF_AD_NLATTR, CTA_PROTOINFO, judged);
+            asm.find(SKF_AD_NLATTR_NEST, CTA_PROTOINFO_TCP, judged);
+            asm.find(SKF_AD_NLATTR_NEST, CTA_PROTOINFO_TCP_STATE, judged);
+            asm.load_value(BPF_B);
+            if !self.accept_tcp_states.is_empty() {
+                let accepted = asm.label();
+                for &state in &self.accept_tcp_states {
+                    asm.jump_if(BPF_JEQ, u32::from(state), accepted);
+                }
+                asm.goto(drop);
+                asm.place(accepted);
+            }
+            for &state in &self.ignore_tcp_states {
+                asm.jump_if(BPF_JEQ, u32::from(state), drop);
+            }
+            asm.place(judged);
         }
 
         let has_addresses = !self.accept_addresses.is_empty() || !self.ignore_addresses.is_empty();

@@ -171,14 +171,27 @@ fn decoded(message: &[u8]) -> Event {
     decode(message, 0).expect("an event")
 }
 
+fn owned(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
 fn filter(accept_p: &[&str], ignore_p: &[&str], accept_a: &[&str], ignore_a: &[&str]) -> Filter {
-    let owned = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    Filter::parse(
-        &owned(accept_p),
-        &owned(ignore_p),
-        &owned(accept_a),
-        &owned(ignore_a),
-    )
+    Filter::parse(&FilterText {
+        accept_protocols: owned(accept_p),
+        ignore_protocols: owned(ignore_p),
+        accept_addresses: owned(accept_a),
+        ignore_addresses: owned(ignore_a),
+        ..FilterText::default()
+    })
+    .expect("valid filter")
+}
+
+fn states(accept: &[&str], ignore: &[&str]) -> Filter {
+    Filter::parse(&FilterText {
+        accept_tcp_states: owned(accept),
+        ignore_tcp_states: owned(ignore),
+        ..FilterText::default()
+    })
     .expect("valid filter")
 }
 
@@ -424,6 +437,48 @@ fn accept_and_ignore_together_and_with_protocols() {
 }
 
 #[test]
+fn tcp_states_judge_only_tcp_events_that_carry_one() {
+    // On the captures: NEW is SYN_SENT (1), UPDATEs SYN_RECV, ESTABLISHED, FIN_WAIT, DESTROY
+    // TIME_WAIT (7); non-TCP events have no state and pass.
+    for (accept, ignore, kept_states) in [
+        (vec!["ESTABLISHED"], vec![], vec![3]),
+        (vec!["syn_sent", "TIME_WAIT"], vec![], vec![1, 7]),
+        (vec![], vec!["TIME_WAIT"], vec![0, 1, 2, 3, 4, 5, 6, 8, 9]),
+        (
+            vec!["SYN_SENT", "SYN_RECV", "ESTABLISHED"],
+            vec!["SYN_RECV"],
+            vec![1, 3],
+        ),
+    ] {
+        let rules = states(&accept, &ignore);
+        let mut judged = 0;
+        for (file, entry, message) in captures() {
+            let expected = match entry["tcp_state"].as_u64() {
+                Some(state) if entry["l4proto"].as_u64() == Some(6) => {
+                    judged += 1;
+                    kept_states.contains(&state)
+                }
+                _ => true,
+            };
+            assert_eq!(
+                program_keeps(&rules, &message),
+                expected,
+                "{accept:?} {ignore:?}: {file}"
+            );
+        }
+        assert!(judged >= 10);
+    }
+    // A TCP UPDATE without CTA_PROTOINFO (a status change only) passes: nothing to judge.
+    let mut message = capture("tcp_ipv4_update_1.bin");
+    let (at, end) = attribute(&message, 20, message.len(), 4).expect("CTA_PROTOINFO");
+    message[at + 2..at + 4].copy_from_slice(&0x3fffu16.to_ne_bytes()); // now an unknown type
+    assert_eq!(decoded(&message).tcp_state, None);
+    assert!(program_keeps(&states(&["TIME_WAIT"], &[]), &message));
+    assert!(end > at);
+    assert!(parse_tcp_state("LISTEN").unwrap_err().contains("SYN_SENT2"));
+}
+
+#[test]
 fn non_event_messages_pass() {
     let rules = filter(&["tcp"], &[], &["10.0.0.0/8"], &["fd00::/8"]);
     let program = rules.compile().unwrap().instructions;
@@ -460,7 +515,12 @@ fn long_address_lists_are_left_to_rust() {
     let subnets: Vec<String> = (0..600)
         .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
         .collect();
-    let rules = Filter::parse(&["udp".into()], &[], &[], &subnets).unwrap();
+    let rules = Filter::parse(&FilterText {
+        accept_protocols: owned(&["udp"]),
+        ignore_addresses: subnets.clone(),
+        ..FilterText::default()
+    })
+    .unwrap();
     let program = rules.compile().unwrap();
     assert!(program.instructions.len() <= BPF_MAXINSNS);
     assert_eq!(program.left_to_rust.len(), 1, "{:?}", program.left_to_rust);
@@ -471,7 +531,11 @@ fn long_address_lists_are_left_to_rust() {
     assert_ne!(run(&program.instructions, &udp_ignored), 0);
     assert!(!rules.keeps(&decoded(&udp_ignored)));
     // 250 subnets still fit.
-    let fits = Filter::parse(&[], &[], &[], &subnets[..250]).unwrap();
+    let fits = Filter::parse(&FilterText {
+        ignore_addresses: subnets[..250].to_vec(),
+        ..FilterText::default()
+    })
+    .unwrap();
     assert!(fits.compile().unwrap().left_to_rust.is_empty());
 }
 
@@ -497,7 +561,11 @@ fn bad_values_are_one_line_errors() {
         let error = Subnet::parse(subnet).expect_err(subnet);
         assert!(!error.contains('\n') && error.contains("subnet"), "{error}");
     }
-    let error = Filter::parse(&[], &["udp".into(), "foo".into()], &[], &[]).unwrap_err();
+    let error = Filter::parse(&FilterText {
+        ignore_protocols: owned(&["udp", "foo"]),
+        ..FilterText::default()
+    })
+    .unwrap_err();
     assert!(error.starts_with("ignore_protocols: \"foo\""), "{error}");
     assert_eq!(
         Subnet::parse(" 10.1.2.3/8 ").unwrap().to_string(),
@@ -510,12 +578,14 @@ fn bad_values_are_one_line_errors() {
 #[test]
 fn kernel_accepts_compiled_programs() {
     let subnets: Vec<String> = (0..250).map(|i| format!("fd00:{i:x}::/32")).collect();
-    let big = Filter::parse(
-        &["tcp".into()],
-        &["udp".into()],
-        &subnets[..100],
-        &subnets[100..],
-    )
+    let big = Filter::parse(&FilterText {
+        accept_protocols: owned(&["tcp"]),
+        ignore_protocols: owned(&["udp"]),
+        accept_addresses: subnets[..100].to_vec(),
+        ignore_addresses: subnets[100..].to_vec(),
+        accept_tcp_states: owned(&["ESTABLISHED", "syn_sent"]),
+        ignore_tcp_states: owned(&["TIME_WAIT"]),
+    })
     .unwrap();
     for rules in [
         filter(&["tcp"], &[], &[], &[]),

@@ -1,5 +1,6 @@
 //! The only file that knows Python: `_native.EventStream` and the exception mapping.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::decode;
 use crate::error::Error;
 use crate::event::{l4proto_name, Direction, Event, EventType};
-use crate::filter::Filter;
+use crate::filter::{Filter, FilterText};
 use crate::json;
 use crate::queue::Pop;
 use crate::reader::{
@@ -70,10 +71,7 @@ impl EventStream {
         reliable = false,
         as_json = false,
         queue_events = DEFAULT_QUEUE_EVENTS,
-        accept_protocols = vec![],
-        ignore_protocols = vec![],
-        accept_addresses = vec![],
-        ignore_addresses = vec![],
+        filter = HashMap::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -85,17 +83,9 @@ impl EventStream {
         reliable: bool,
         as_json: bool,
         queue_events: usize,
-        accept_protocols: Vec<String>,
-        ignore_protocols: Vec<String>,
-        accept_addresses: Vec<String>,
-        ignore_addresses: Vec<String>,
+        filter: HashMap<String, Vec<String>>,
     ) -> PyResult<Self> {
-        let filter = parse_filter(
-            accept_protocols,
-            ignore_protocols,
-            accept_addresses,
-            ignore_addresses,
-        )?;
+        let filter = parse_filter(filter)?;
         let types = types
             .iter()
             .map(|name| {
@@ -315,40 +305,27 @@ fn decode_datagram(
 
 /// Parses accept/ignore lists as EventStream does; ValueError (one line) for a bad item.
 #[pyfunction]
-#[pyo3(signature = (
-    accept_protocols = vec![],
-    ignore_protocols = vec![],
-    accept_addresses = vec![],
-    ignore_addresses = vec![],
-))]
-fn check_filter(
-    accept_protocols: Vec<String>,
-    ignore_protocols: Vec<String>,
-    accept_addresses: Vec<String>,
-    ignore_addresses: Vec<String>,
-) -> PyResult<()> {
-    parse_filter(
-        accept_protocols,
-        ignore_protocols,
-        accept_addresses,
-        ignore_addresses,
-    )
-    .map(|_| ())
+fn check_filter(filter: HashMap<String, Vec<String>>) -> PyResult<()> {
+    parse_filter(filter).map(|_| ())
 }
 
-fn parse_filter(
-    accept_protocols: Vec<String>,
-    ignore_protocols: Vec<String>,
-    accept_addresses: Vec<String>,
-    ignore_addresses: Vec<String>,
-) -> PyResult<Filter> {
-    Filter::parse(
-        &accept_protocols,
-        &ignore_protocols,
-        &accept_addresses,
-        &ignore_addresses,
-    )
-    .map_err(PyValueError::new_err)
+/// `{"accept_protocols": ["tcp"], ...}`: the lists of `FilterText`, by name.
+fn parse_filter(mut lists: HashMap<String, Vec<String>>) -> PyResult<Filter> {
+    let mut take = |name: &str| lists.remove(name).unwrap_or_default();
+    let text = FilterText {
+        accept_protocols: take("accept_protocols"),
+        ignore_protocols: take("ignore_protocols"),
+        accept_addresses: take("accept_addresses"),
+        ignore_addresses: take("ignore_addresses"),
+        accept_tcp_states: take("accept_tcp_states"),
+        ignore_tcp_states: take("ignore_tcp_states"),
+    };
+    if let Some(unknown) = lists.keys().next() {
+        return Err(PyValueError::new_err(format!(
+            "unknown filter list {unknown:?}"
+        )));
+    }
+    Filter::parse(&text).map_err(PyValueError::new_err)
 }
 
 #[pymodule]

@@ -12,7 +12,8 @@ from conntrack_collector import filter_items
 from conntrack_collector.cli import main
 from conntrack_collector.errors import ExitCode
 
-FLAGS = ("--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses")
+FLAGS = ("--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses",
+         "--accept-tcp-states", "--ignore-tcp-states")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str, env: dict[str, str] | None = None
@@ -32,7 +33,7 @@ def settings(capsys: pytest.CaptureFixture[str], *argv: str,
 
 def test_defaults_are_no_rule(capsys: pytest.CaptureFixture[str]) -> None:
     shown = settings(capsys)
-    for key in ("accept_protocols", "ignore_protocols", "accept_addresses", "ignore_addresses"):
+    for key in conntrack_collector.FILTER_LISTS:
         assert shown[key] == []
 
 
@@ -46,6 +47,10 @@ def test_flags_environment_and_file(capsys: pytest.CaptureFixture[str], tmp_path
     assert shown["ignore_protocols"] == ["gre", "253"]
     assert shown["ignore_addresses"] == ["10.0.0.1", "fd00::/8"]
     assert shown["accept_addresses"] == ["10.0.0.0/8"]  # the environment wins over the file
+    tcp = settings(capsys, "--ignore-tcp-states", "TIME_WAIT,close",
+                   env={"OWP_ACCEPT_TCP_STATES": "established"})
+    assert tcp["ignore_tcp_states"] == ["TIME_WAIT", "close"]
+    assert tcp["accept_tcp_states"] == ["established"]
 
 
 @pytest.mark.parametrize(("argv", "env", "fragment"), [
@@ -56,6 +61,7 @@ def test_flags_environment_and_file(capsys: pytest.CaptureFixture[str], tmp_path
     (["--ignore-addresses", "10.0.0"], {}, '"10.0.0"'),
     ([], {"OWP_ACCEPT_PROTOCOLS": "ipv4"}, "OWP_ACCEPT_PROTOCOLS"),
     ([], {"OWP_IGNORE_ADDRESSES": "localhost"}, "OWP_IGNORE_ADDRESSES"),
+    (["--accept-tcp-states", "ESTABLISHED,LISTEN"], {}, '"LISTEN" is not a TCP state'),
 ])
 def test_bad_values_are_one_line_usage_errors(capsys: pytest.CaptureFixture[str],
                                               argv: list[str], env: dict[str, str],
@@ -96,6 +102,7 @@ def test_filter_items_takes_strings_and_sequences() -> None:
     {"ignore_protocols": [6, 300]},
     {"accept_addresses": ["10.0.0.0/8", "10.0.0.0/40"]},
     {"ignore_addresses": "::1/200"},
+    {"ignore_tcp_states": ["ESTABLISHED", "OPEN"]},
 ])
 def test_api_bad_values_raise_value_error_before_opening_anything(
         arguments: dict[str, object]) -> None:

@@ -64,10 +64,20 @@ RULES: list[dict[str, Any]] = [
     {"ignore_addresses": "fd00::/8"},  # IPv6 only: every IPv4 event stays
     {"accept_protocols": "udp,icmp,icmpv6", "accept_addresses": "10.2.0.0/24,::1",
      "ignore_addresses": "10.1.0.1"},
+    {"ignore_tcp_states": "TIME_WAIT"},  # the DESTROYs of the TCP flows
+    {"accept_tcp_states": ["SYN_SENT"], "accept_addresses": "fd01::/16"},
 ]
 
 
-def keeps(event: dict[str, Any], rules: dict[str, Any]) -> bool:
+def tcp_state(line: str) -> str | None:
+    """The state `conntrack -E` prints for a TCP flow: `[NEW] ipv4 2 tcp 6 120 SYN_SENT ...`."""
+    tokens = line.split()
+    if len(tokens) < 5 or tokens[3] != "tcp":
+        return None
+    return next((t for t in tokens[5:] if t.replace("_", "").isalpha() and t.isupper()), None)
+
+
+def keeps(event: dict[str, Any], rules: dict[str, Any], state: str | None) -> bool:
     """conntrackd's semantics, read from the event's text form."""
     def protocols(key: str) -> set[int]:
         return {PROTOCOL_NUMBERS.get(p.lower()) or int(p) for p in filter_items(rules.get(key))}
@@ -80,6 +90,11 @@ def keeps(event: dict[str, Any], rules: dict[str, Any]) -> bool:
     protocol = original["Layer4"]["Protonum"]
     accept, ignore = protocols("accept_protocols"), protocols("ignore_protocols")
     if (accept and protocol not in accept) or protocol in ignore:
+        return False
+    accept_states = {s.upper() for s in filter_items(rules.get("accept_tcp_states"))}
+    ignore_states = {s.upper() for s in filter_items(rules.get("ignore_tcp_states"))}
+    if state is not None and ((accept_states and state not in accept_states)
+                              or state in ignore_states):
         return False
     addresses = [ipaddress.ip_address(original["Layer3"][k]) for k in ("Src", "Dst")]
     version = addresses[0].version
@@ -129,11 +144,13 @@ def test_filtered_streams_equal_conntrack_tool_filtered_the_same_way(netns: str)
         time.sleep(0.5)
         tool.send_signal(signal.SIGINT)
         text, _ = tool.communicate(timeout=10)
-    theirs = [e for e in map(parse_line, text.splitlines()) if e is not None]
-    protocols = {e["Original"]["Layer4"]["Protoname"] for e in theirs}
+    lines = [(parse_line(line), tcp_state(line)) for line in text.splitlines()]
+    theirs = [(e, state) for e, state in lines if e is not None]
+    protocols = {e["Original"]["Layer4"]["Protoname"] for e, _ in theirs}
+    assert {s for _, s in theirs} >= {None, "SYN_SENT", "TIME_WAIT"}
     assert {"tcp", "udp", "icmp", "icmpv6", "gre", "udplite"} <= protocols, protocols
     for rules, events, counters in zip(RULES, ours, stats):
-        expected = [e for e in theirs if keeps(e, rules)]
+        expected = [e for e, state in theirs if keeps(e, rules, state)]
         assert 0 < len(expected) < len(theirs), rules  # each rule set keeps some, drops some
         assert comparable(events) == comparable(expected), rules
         # The kernel dropped the rest: they never reached the reader, not even its fallback.

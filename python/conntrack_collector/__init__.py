@@ -34,6 +34,9 @@ Event = Union[dict[str, Any], bytes]
 
 DEFAULT_TYPES: tuple[str, ...] = tuple(_native.DEFAULT_TYPES)
 
+#: The accept/ignore lists EventStream takes, by keyword.
+FILTER_LISTS = ("accept_protocols", "ignore_protocols", "accept_addresses", "ignore_addresses",
+                "accept_tcp_states", "ignore_tcp_states")
 #: A filter list: a sequence of items, or one comma-separated string ("tcp,udp").
 FilterItems = Union[str, Iterable[Union[str, int]], None]
 
@@ -66,6 +69,9 @@ class EventStream:
     accept_addresses, ignore_addresses: IPv4/IPv6 addresses or subnets (10.0.0.0/8,
         fd00::/8), matched against either address of the original tuple; a list of one
         family never hides the other family's events.
+    accept_tcp_states, ignore_tcp_states: TCP states as `conntrack` names them (SYN_SENT,
+        ESTABLISHED, TIME_WAIT, ...), for TCP events that carry one (NEW, DESTROY, an UPDATE
+        that changed the state); other events pass.
         Each a sequence or a comma-separated string. The rules run in the kernel, as a socket
         filter: ignored events are never queued for us, nor counted (stats() cannot see them).
         A bad item raises ValueError.
@@ -85,9 +91,13 @@ class EventStream:
         ignore_protocols: FilterItems = None,
         accept_addresses: FilterItems = None,
         ignore_addresses: FilterItems = None,
+        accept_tcp_states: FilterItems = None,
+        ignore_tcp_states: FilterItems = None,
     ) -> None:
         if isinstance(types, str):
             types = [t for t in types.split(",") if t.strip()]
+        lists = dict(zip(FILTER_LISTS, (accept_protocols, ignore_protocols, accept_addresses,
+                                         ignore_addresses, accept_tcp_states, ignore_tcp_states)))
         self._native = _native.EventStream(
             list(types),
             netns=netns,
@@ -96,10 +106,7 @@ class EventStream:
             reliable=reliable,
             as_json=as_json,
             queue_events=queue_events,
-            accept_protocols=filter_items(accept_protocols),
-            ignore_protocols=filter_items(ignore_protocols),
-            accept_addresses=filter_items(accept_addresses),
-            ignore_addresses=filter_items(ignore_addresses),
+            filter={name: filter_items(value) for name, value in lists.items() if value},
         )
         for warning in self._native.startup_warnings:
             logger.warning("%s", warning)

@@ -1,7 +1,7 @@
 """The Rust core. Import `conntrack_collector`, not this module."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from typing_extensions import Self, TypeAlias
@@ -38,12 +38,10 @@ class EventStream:
         reliable: bool = False,
         as_json: bool = False,
         queue_events: int = ...,
-        accept_protocols: Sequence[str] = (),
-        ignore_protocols: Sequence[str] = (),
-        accept_addresses: Sequence[str] = (),
-        ignore_addresses: Sequence[str] = (),
+        filter: Mapping[str, Sequence[str]] = ...,
     ) -> None:
-        """The accept/ignore lists are compiled to a BPF socket filter attached to the
+        """filter: the accept/ignore lists by name (accept_protocols, ignore_protocols,
+        accept_addresses, ignore_addresses, accept_tcp_states, ignore_tcp_states), compiled to a BPF socket filter attached to the
         socket; ValueError for a bad item, ConntrackError if the kernel refuses the program."""
     @property
     def startup_warnings(self) -> list[str]:
@@ -68,10 +66,5 @@ def decode_datagram(
     """Decodes one recorded netlink datagram as the reader would; raises ConntrackError
     for a malformed message."""
 
-def check_filter(
-    accept_protocols: Sequence[str] = (),
-    ignore_protocols: Sequence[str] = (),
-    accept_addresses: Sequence[str] = (),
-    ignore_addresses: Sequence[str] = (),
-) -> None:
+def check_filter(filter: Mapping[str, Sequence[str]]) -> None:
     """Parses accept/ignore lists as EventStream does; ValueError (one line) for a bad item."""

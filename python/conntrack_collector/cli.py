@@ -13,7 +13,7 @@ import rich_click as click
 import yaml
 from click.core import ParameterSource
 
-from . import _native, config, filter_items, observers
+from . import FILTER_LISTS, _native, config, filter_items, observers
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
 from .collector import RunSettings, open_stream, run
 from .errors import Error, ExitCode
@@ -58,7 +58,7 @@ class FilterList(click.ParamType):  # type: ignore[type-arg]
                 ctx: click.Context | None) -> tuple[str, ...]:
         items = filter_items(value if isinstance(value, (str, list, tuple)) else str(value))
         try:
-            _native.check_filter(**{self.key: items})
+            _native.check_filter({self.key: items})
         except ValueError as exc:
             self.fail(str(exc).split(": ", 1)[-1], param, ctx)
         return tuple(dict.fromkeys(items))
@@ -136,7 +136,8 @@ def tune_kernel_for(netns: str | None) -> None:
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
     "--batch-events", "--shutdown-timeout", "--connect-timeout", "--config", "--print-config"])
 @click.option_panel("Filters (in the kernel)", options=[
-    "--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses"])
+    "--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses",
+    "--accept-tcp-states", "--ignore-tcp-states"])
 @click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
 @click.rich_config(help_config=click.RichHelpConfiguration(width=100))
 @click.help_option("-h", "--help", help="help for this command")
@@ -206,6 +207,13 @@ def tune_kernel_for(netns: str | None) -> None:
               metavar="CIDRS", show_default=False,
               help="All events but those whose original source or destination is in one of "
                    "these addresses or subnets")
+@click.option("--accept-tcp-states", type=FilterList("accept_tcp_states", "STATES"), default=(),
+              metavar="STATES", show_default=False,
+              help="Only TCP events in these states (SYN_SENT, ESTABLISHED, TIME_WAIT, ...); "
+                   "other protocols, and TCP events that carry no state, pass")
+@click.option("--ignore-tcp-states", type=FilterList("ignore_tcp_states", "STATES"), default=(),
+              metavar="STATES", show_default=False,
+              help="All TCP events but those in these states")
 @click.option("--metrics-addr", metavar="HOST:PORT", callback=check_metrics_addr,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (:PORT: every interface)")
 @click.option("--tune-kernel", is_flag=True, default=False,
@@ -237,10 +245,7 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         nat_only=effective["nat_only"],
         socket_buffer_bytes=effective["buffer_size"],
         reliable=effective["reliable"],
-        accept_protocols=effective["accept_protocols"],
-        ignore_protocols=effective["ignore_protocols"],
-        accept_addresses=effective["accept_addresses"],
-        ignore_addresses=effective["ignore_addresses"],
+        filter_lists=tuple((name, effective[name]) for name in FILTER_LISTS if effective[name]),
         output=effective["output"].lower(),
         broker=BrokerSettings(
             hosts=hosts,

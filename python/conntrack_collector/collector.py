@@ -48,15 +48,14 @@ class RunSettings:
     batch_events: int
     shutdown_timeout_s: float
     # Accept/ignore rules, compiled to the reader's socket filter (empty: no rule).
-    accept_protocols: tuple[str, ...] = ()
-    ignore_protocols: tuple[str, ...] = ()
-    accept_addresses: tuple[str, ...] = ()
-    ignore_addresses: tuple[str, ...] = ()
+    # (EventStream's keyword, e.g. "accept_protocols", its items)
+    filter_lists: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def open_stream(settings: RunSettings) -> Stream:
     import conntrack_collector as native  # the Rust reader; imported late so the CLI works without
 
+    filter_lists: dict[str, Any] = dict(settings.filter_lists)
     try:
         stream = native.EventStream(
             types=settings.types,
@@ -65,10 +64,7 @@ def open_stream(settings: RunSettings) -> Stream:
             buffer_bytes=settings.socket_buffer_bytes,
             reliable=settings.reliable,
             as_json=True,
-            accept_protocols=settings.accept_protocols,
-            ignore_protocols=settings.ignore_protocols,
-            accept_addresses=settings.accept_addresses,
-            ignore_addresses=settings.ignore_addresses,
+            **filter_lists,
         )
     except PermissionError as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.NO_PERMISSION) from None
