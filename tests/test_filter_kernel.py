@@ -243,3 +243,23 @@ def test_cli_filters_the_stdout_stream(netns: str) -> None:
     # tcp6 stays (no IPv6 address rule); tcp4 on 127.0.0.1 and every UDP flow do not.
     assert seen == [("DESTROY", "tcp", "10.1.0.1"), ("DESTROY", "tcp", "::1"),
                     ("NEW", "tcp", "10.1.0.1"), ("NEW", "tcp", "::1")]
+
+
+def test_a_program_the_kernel_refuses_is_a_clear_error(netns: str) -> None:
+    # The kernel charges a socket filter to net.core.optmem_max (per namespace): too small,
+    # and it refuses the program at attach time.
+    run("ip", "netns", "exec", netns, "sysctl", "-qw", "net.core.optmem_max=512")
+    subnets = [f"10.{i}.0.0/16" for i in range(200)]
+    with pytest.raises(conntrack_collector.ConntrackError) as raised:
+        EventStream(netns=netns, ignore_addresses=subnets)
+    message = str(raised.value)
+    assert "refused the event filter" in message and "optmem_max" in message, message
+    assert "\n" not in message
+    package_root = Path(conntrack_collector.__file__).parent.parent
+    collector = Collector("--netns", netns, "--output", "stdout", "--ignore-addresses",
+                          ",".join(subnets), env={"PYTHONPATH": str(package_root)})
+    collector.process.wait(20)  # it exits by itself
+    code = collector.stop()
+    lines = [line for line in collector.stderr if "error" in line]
+    assert code == 1 and len(lines) == 1 and "refused the event filter" in lines[0], \
+        collector.log
