@@ -116,7 +116,8 @@ impl Subnet {
             }
             Some(_) => return Err(bad()),
         };
-        // Host bits are cleared, as `ip route` does: 10.1.2.3/8 means 10.0.0.0/8.
+        // Host bits are cleared (10.1.2.3/8 means 10.0.0.0/8), not refused: a host address
+        // with its prefix is a common way to name its subnet.
         let network = match address {
             IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask32(prefix_bits)).into()),
             IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask128(prefix_bits)).into()),

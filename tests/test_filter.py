@@ -11,6 +11,9 @@ import yaml
 from conntrack_collector import filter_items
 from conntrack_collector.cli import main
 from conntrack_collector.errors import ExitCode
+from conntrack_collector.metrics import serve_metrics
+from conntrack_collector.stats import CollectorStats
+from test_metrics import scrape, value
 
 FLAGS = ("--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses",
          "--accept-tcp-states", "--ignore-tcp-states")
@@ -111,3 +114,14 @@ def test_api_bad_values_raise_value_error_before_opening_anything(
         conntrack_collector.EventStream(**arguments)  # type: ignore[arg-type]
     assert "\n" not in str(raised.value)
     assert next(iter(arguments)) in str(raised.value)
+
+
+def test_metrics_count_what_the_fallback_filtered() -> None:
+    stream = {"received": 13, "filtered_by_fallback": 5, "overruns": 0, "decode_errors": 0,
+              "queued": 0}
+    server = serve_metrics("127.0.0.1:0", CollectorStats(), lambda: stream)
+    try:
+        samples = scrape(f"http://127.0.0.1:{server.address[1]}/metrics")
+    finally:
+        server.close()
+    assert value(samples, "stream_filtered_by_fallback_total") == 5
