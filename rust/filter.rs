@@ -45,6 +45,7 @@ pub const BPF_AND: u16 = 0x50;
 pub const BPF_JA: u16 = 0x00;
 pub const BPF_JEQ: u16 = 0x10;
 pub const BPF_JGE: u16 = 0x30;
+pub const BPF_JSET: u16 = 0x40;
 pub const BPF_K: u16 = 0x00;
 pub const BPF_TAX: u16 = 0x00;
 /// Ancillary loads: `ld [SKF_AD_OFF + n]` calls into the kernel instead of reading the packet.
@@ -58,6 +59,10 @@ pub const BPF_MAXINSNS: usize = 4096;
 
 // The message: nlmsghdr, nfgenmsg (its first byte is the address family), attributes.
 const NLMSG_TYPE_AT: u32 = 4;
+const NLMSG_FLAGS_AT: u32 = 6;
+/// A part of a dump reply: several messages share the datagram, and the program sees only
+/// the first.
+const NLM_F_MULTI: u16 = 0x2;
 const NFGEN_FAMILY_AT: u32 = 16;
 const ATTRIBUTES_AT: u32 = 20;
 const NLA_HDRLEN: u32 = 4;
@@ -371,6 +376,10 @@ impl Filter {
         asm.jump_if(BPF_JEQ, message_type_as_loaded(IPCTNL_MSG_CT_NEW), event);
         asm.jump_unless(BPF_JEQ, message_type_as_loaded(IPCTNL_MSG_CT_DELETE), keep);
         asm.place(event);
+        // A dump reply (if the socket ever asks for one) holds many flows in one datagram,
+        // and the program sees only the first: it passes whole, for Rust to filter.
+        asm.load(BPF_H | BPF_ABS, NLMSG_FLAGS_AT);
+        asm.jump_if(BPF_JSET, u32::from(as_loaded(NLM_F_MULTI)), keep);
         // The original tuple; without it the message is malformed: the decoder counts it.
         asm.load(BPF_IMM, ATTRIBUTES_AT);
         asm.find(SKF_AD_NLATTR, CTA_TUPLE_ORIG, keep);
@@ -465,11 +474,14 @@ impl Filter {
     }
 }
 
-/// BPF loads halfwords big-endian; nlmsg_type is in host order. The value a load gives for a
-/// ctnetlink message type, on this machine.
+/// The value a halfword load of nlmsg_type gives for a ctnetlink message type, on this machine.
 fn message_type_as_loaded(message: u16) -> u32 {
-    let message_type = NFNL_SUBSYS_CTNETLINK << 8 | message;
-    u32::from(u16::from_be_bytes(message_type.to_ne_bytes()))
+    u32::from(as_loaded(NFNL_SUBSYS_CTNETLINK << 8 | message))
+}
+
+/// A host-order u16 of the netlink header as a BPF halfword load (big-endian) reads it.
+fn as_loaded(host_order: u16) -> u16 {
+    u16::from_be_bytes(host_order.to_ne_bytes())
 }
 
 /// A jump target, placed once.
