@@ -168,7 +168,10 @@ impl EventStream {
         dict.set_item("decode_errors", stats.decode_errors)?;
         dict.set_item("queued", queued)?;
         dict.set_item("peak_queued", stats.peak_queued)?;
-        dict.set_item("socket_buffer_bytes", self.stream.started.buffer_bytes_granted)?;
+        dict.set_item(
+            "socket_buffer_bytes",
+            self.stream.started.buffer_bytes_granted,
+        )?;
         Ok(dict)
     }
 
