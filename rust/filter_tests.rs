@@ -647,3 +647,68 @@ fn kernel_refuses_a_broken_program() {
     let error = socket.attach_filter(&broken).expect_err("refused");
     assert_eq!(error.raw_os_error(), Some(libc::EINVAL));
 }
+
+/// Random rule sets on random captures with random addresses: the program and
+/// `Filter::keeps` agree every time (program_keeps asserts it).
+#[test]
+fn random_rules_agree_with_keeps() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut below = |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize % n
+    };
+    let protocols = [
+        "tcp", "udp", "icmp", "icmpv6", "sctp", "gre", "udplite", "253",
+    ];
+    let v4 = [
+        "10.1.2.3",
+        "10.1.2.200",
+        "192.168.7.9",
+        "10.9.0.1",
+        "172.16.5.4",
+    ];
+    let v6 = ["fd12::5", "fd12::1:5", "2001:db8::1", "fe80::1", "fd13::5"];
+    let subnets = [
+        "10.0.0.0/8",
+        "10.1.2.0/24",
+        "10.1.2.128/25",
+        "192.168.7.9",
+        "0.0.0.0/0",
+        "fd12::/16",
+        "fd12::/112",
+        "2001:db8::1",
+        "fe80::/10",
+        "::/0",
+        "fd12::1:0/112",
+    ];
+    let states = ["SYN_SENT", "ESTABLISHED", "TIME_WAIT", "FIN_WAIT", "NONE"];
+    let all = captures();
+    for _ in 0..400 {
+        let (file, entry, _) = &all[below(all.len())];
+        let pool = if entry["l3proto"].as_u64() == Some(2) {
+            &v4
+        } else {
+            &v6
+        };
+        let message = with_addresses(file, pool[below(pool.len())], pool[below(pool.len())]);
+        let mut pick = |items: &[&str]| -> Vec<String> {
+            (0..below(3))
+                .map(|_| items[below(items.len())].to_string())
+                .collect()
+        };
+        let rules = Filter::parse(&FilterText {
+            accept_protocols: pick(&protocols),
+            ignore_protocols: pick(&protocols),
+            accept_addresses: pick(&subnets),
+            ignore_addresses: pick(&subnets),
+            accept_tcp_states: pick(&states),
+            ignore_tcp_states: pick(&states),
+        })
+        .unwrap();
+        if !rules.is_empty() {
+            program_keeps(&rules, &message);
+        }
+    }
+}
