@@ -36,6 +36,7 @@ lint:
 bench: setup install
 	$(PYTHON) bench/bench_iterator.py
 	$(PYTHON) bench/bench_publish.py
+	$(PYTHON) bench/bench_filter.py
 
 wheels:
 	bash cross/build-wheels.sh

@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod error;
 pub mod event;
+pub mod filter;
 pub mod json;
 pub mod kernel;
 pub mod queue;
@@ -20,6 +21,9 @@ mod python;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod filter_tests;
 
 pub use error::Error;
 pub use event::{Direction, Event, EventType};

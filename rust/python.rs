@@ -1,5 +1,6 @@
 //! The only file that knows Python: `_native.EventStream` and the exception mapping.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 use crate::decode;
 use crate::error::Error;
 use crate::event::{Event, EventType};
+use crate::filter::{Filter, FilterText};
 use crate::json;
 use crate::queue::Pop;
 use crate::reader::{
@@ -73,6 +75,7 @@ impl EventStream {
         as_json = false,
         queue_events = DEFAULT_QUEUE_EVENTS,
         fields = Vec::new(),
+        filter = HashMap::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -85,8 +88,10 @@ impl EventStream {
         as_json: bool,
         queue_events: usize,
         fields: Vec<String>,
+        filter: HashMap<String, Vec<String>>,
     ) -> PyResult<Self> {
         let fields = parse_fields(&fields)?;
+        let filter = parse_filter(filter)?;
         let types = types
             .iter()
             .map(|name| {
@@ -105,6 +110,7 @@ impl EventStream {
             reliable,
             queue_events,
             fields,
+            filter,
         };
         let stream = py.allow_threads(|| Stream::start(options))?;
         Ok(EventStream {
@@ -165,6 +171,7 @@ impl EventStream {
         dict.set_item("received", stats.received)?;
         dict.set_item("delivered", stats.delivered)?;
         dict.set_item("filtered", stats.filtered)?;
+        dict.set_item("filtered_by_fallback", stats.filtered_by_fallback)?;
         dict.set_item("overruns", stats.overruns)?;
         dict.set_item("decode_errors", stats.decode_errors)?;
         dict.set_item("queued", queued)?;
@@ -383,6 +390,31 @@ fn decode_datagram(
     Ok(events)
 }
 
+/// Parses accept/ignore lists as EventStream does; ValueError (one line) for a bad item.
+#[pyfunction]
+fn check_filter(filter: HashMap<String, Vec<String>>) -> PyResult<()> {
+    parse_filter(filter).map(|_| ())
+}
+
+/// `{"accept_protocols": ["tcp"], ...}`: the lists of `FilterText`, by name.
+fn parse_filter(mut lists: HashMap<String, Vec<String>>) -> PyResult<Filter> {
+    let mut take = |name: &str| lists.remove(name).unwrap_or_default();
+    let text = FilterText {
+        accept_protocols: take("accept_protocols"),
+        ignore_protocols: take("ignore_protocols"),
+        accept_addresses: take("accept_addresses"),
+        ignore_addresses: take("ignore_addresses"),
+        accept_tcp_states: take("accept_tcp_states"),
+        ignore_tcp_states: take("ignore_tcp_states"),
+    };
+    if let Some(unknown) = lists.keys().next() {
+        return Err(PyValueError::new_err(format!(
+            "unknown filter list {unknown:?}"
+        )));
+    }
+    Filter::parse(&text).map_err(PyValueError::new_err)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -396,5 +428,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FIELDS", PyTuple::new(m.py(), field_names)?)?;
     m.add_class::<EventStream>()?;
     m.add_function(wrap_pyfunction!(decode_datagram, m)?)?;
+    m.add_function(wrap_pyfunction!(check_filter, m)?)?;
     Ok(())
 }

@@ -20,6 +20,9 @@ pub struct Stats {
     pub received: u64,
     /// Events decoded but left out by the `nat_only` or type filter.
     pub filtered: u64,
+    /// Events the socket filter let through and its Rust fallback left out. (What the
+    /// kernel's filter dropped is never seen, so never counted.)
+    pub filtered_by_fallback: u64,
     /// Times the socket reported ENOBUFS: the kernel dropped events.
     pub overruns: u64,
     /// Messages that could not be decoded, skipped.

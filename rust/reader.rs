@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::decode::{self, Skip};
 use crate::error::{Error, Result};
 use crate::event::EventType;
+use crate::filter::Filter;
 use crate::kernel;
 use crate::queue::{Pop, Queue, Stats};
 use crate::schema::{Field, Fields};
@@ -47,6 +48,8 @@ pub struct Options {
     pub queue_events: usize,
     /// The opt-in fields the consumer writes: start-up warns when the kernel leaves them empty.
     pub fields: Fields,
+    /// Accept/ignore rules: attached to the socket, and applied again to what passes it.
+    pub filter: Filter,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             reliable: false,
             queue_events: DEFAULT_QUEUE_EVENTS,
             fields: Fields::NONE,
+            filter: Filter::default(),
         }
     }
 }
@@ -229,6 +233,16 @@ fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Sta
             .set_reliable()
             .map_err(|e| Error::os("cannot enable reliable event delivery", e))?;
     }
+    if let Some(program) = options.filter.compile() {
+        socket.attach_filter(&program.instructions).map_err(|e| {
+            Error::KernelUnsupported(format!(
+                "the kernel refused the event filter ({} BPF instructions; net.core.optmem_max \
+                 bounds its size): {e}",
+                program.instructions.len()
+            ))
+        })?;
+        started.warnings.extend(program.left_to_rust);
+    }
     socket
         .set_receive_timeout(RECV_SLICE)
         .map_err(|e| Error::os("cannot set a receive timeout", e))?;
@@ -296,6 +310,8 @@ fn handle_datagram(
             options.types.contains(&event.event_type) && (!options.nat_only || event.is_src_nat());
         if !wanted {
             queue.count(|s| s.filtered += 1);
+        } else if !options.filter.keeps(&event) {
+            queue.count(|s| s.filtered_by_fallback += 1);
         } else if !queue.push(event, stop) {
             return false;
         }

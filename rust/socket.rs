@@ -17,6 +17,8 @@ const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLMSG_ERROR: u16 = 2;
+// The same on every architecture we build for (not on sparc, whose value is different).
+const SO_ATTACH_FILTER: libc::c_int = 26;
 
 /// What one `recv` gave.
 pub enum Received {
@@ -181,6 +183,27 @@ impl EventSocket {
     pub fn set_reliable(&self) -> io::Result<()> {
         self.set_int(SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)?;
         self.set_int(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+    }
+
+    /// Attaches a classic BPF socket filter: the kernel runs it on every message before
+    /// queueing it, and drops those it returns 0 for. The kernel checks the program here.
+    pub fn attach_filter(&self, program: &[crate::filter::Instruction]) -> io::Result<()> {
+        let mut instructions: Vec<libc::sock_filter> = program
+            .iter()
+            .map(|i| libc::sock_filter {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: i.k,
+            })
+            .collect();
+        let length = u16::try_from(instructions.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let program = libc::sock_fprog {
+            len: length,
+            filter: instructions.as_mut_ptr(),
+        };
+        self.set_raw(libc::SOL_SOCKET, SO_ATTACH_FILTER, &program)
     }
 
     /// Bounds every `recv`, so the reader thread sees a stop request in time.

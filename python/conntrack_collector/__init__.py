@@ -35,6 +35,20 @@ Event = Union[dict[str, Any], bytes]
 
 DEFAULT_TYPES: tuple[str, ...] = tuple(_native.DEFAULT_TYPES)
 
+#: The accept/ignore lists EventStream takes, by keyword.
+FILTER_LISTS = ("accept_protocols", "ignore_protocols", "accept_addresses", "ignore_addresses",
+                "accept_tcp_states", "ignore_tcp_states")
+#: A filter list: a sequence of items, or one comma-separated string ("tcp,udp").
+FilterItems = Union[str, Iterable[Union[str, int]], None]
+
+
+def filter_items(value: FilterItems) -> list[str]:
+    """`"tcp, udp"` or `["tcp", 17]` -> `["tcp", "17"]`; None -> no rule."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [str(item) for item in value]
+    return [item.strip() for item in items if item.strip()]
+
 
 class EventStream:
     """Conntrack events from the kernel, as they happen.
@@ -53,6 +67,17 @@ class EventStream:
     queue_events: events held between the reader thread and you before it stops reading.
     fields: opt-in keys after ASSURED, any of FIELDS ("timestamps", "state", "zone", "mark",
         "labels", "icmp", "status"); they appear in that order whatever the order given.
+    accept_protocols, ignore_protocols: IP protocols (tcp, udp, udplite, icmp, icmpv6, sctp,
+        gre, dccp, or numbers) of the original tuple: only these, or all but these.
+    accept_addresses, ignore_addresses: IPv4/IPv6 addresses or subnets (10.0.0.0/8,
+        fd00::/8), matched against either address of the original tuple; a list of one
+        family never hides the other family's events.
+    accept_tcp_states, ignore_tcp_states: TCP states as `conntrack` names them (SYN_SENT,
+        ESTABLISHED, TIME_WAIT, ...), for TCP events that carry one (NEW, DESTROY, an UPDATE
+        that changed the state); other events pass.
+        Each a sequence or a comma-separated string. The rules run in the kernel, as a socket
+        filter: ignored events are never queued for us, nor counted (stats() cannot see them).
+        A bad item raises ValueError.
     """
 
     def __init__(
@@ -66,11 +91,19 @@ class EventStream:
         as_json: bool = False,
         queue_events: int = _native.DEFAULT_QUEUE_EVENTS,
         fields: Iterable[str] = (),
+        accept_protocols: FilterItems = None,
+        ignore_protocols: FilterItems = None,
+        accept_addresses: FilterItems = None,
+        ignore_addresses: FilterItems = None,
+        accept_tcp_states: FilterItems = None,
+        ignore_tcp_states: FilterItems = None,
     ) -> None:
         if isinstance(types, str):
             types = [t for t in types.split(",") if t.strip()]
         if isinstance(fields, str):
             fields = fields.split(",")
+        lists = dict(zip(FILTER_LISTS, (accept_protocols, ignore_protocols, accept_addresses,
+                                         ignore_addresses, accept_tcp_states, ignore_tcp_states)))
         self._native = _native.EventStream(
             list(types),
             netns=netns,
@@ -80,6 +113,7 @@ class EventStream:
             as_json=as_json,
             queue_events=queue_events,
             fields=list(fields),
+            filter={name: filter_items(value) for name, value in lists.items() if value},
         )
         for warning in self._native.startup_warnings:
             logger.warning("%s", warning)
@@ -96,8 +130,10 @@ class EventStream:
         return self._native.poll(timeout_s)
 
     def stats(self) -> dict[str, int]:
-        """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
-        socket_buffer_bytes (the receive buffer the kernel granted)."""
+        """received, delivered, filtered (by nat_only or type), filtered_by_fallback (left
+        out by the accept/ignore rules in userspace, after the kernel's filter let them
+        through), overruns, decode_errors, queued, peak_queued, socket_buffer_bytes (the receive
+        buffer the kernel granted). Events the kernel's filter dropped appear nowhere."""
         return self._native.stats()
 
     @property

@@ -1,7 +1,7 @@
 """The Rust core. Import `conntrack_collector`, not this module."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from typing_extensions import Self, TypeAlias
@@ -41,7 +41,11 @@ class EventStream:
         as_json: bool = False,
         queue_events: int = ...,
         fields: Sequence[str] = (),
-    ) -> None: ...
+        filter: Mapping[str, Sequence[str]] = ...,
+    ) -> None:
+        """filter: the accept/ignore lists by name (accept_protocols, ignore_protocols,
+        accept_addresses, ignore_addresses, accept_tcp_states, ignore_tcp_states), compiled to a BPF socket filter attached to the
+        socket; ValueError for a bad item, ConntrackError if the kernel refuses the program."""
     @property
     def startup_warnings(self) -> list[str]:
         """One line per kernel setting that makes events incomplete or missing."""
@@ -52,8 +56,8 @@ class EventStream:
     def poll(self, timeout_s: float) -> Event | None:
         """One event, or None if none arrives within `timeout_s` seconds."""
     def stats(self) -> dict[str, int]:
-        """received, delivered, filtered, overruns, decode_errors, queued, peak_queued,
-        socket_buffer_bytes."""
+        """received, delivered, filtered, filtered_by_fallback, overruns, decode_errors,
+        queued, peak_queued, socket_buffer_bytes."""
     def close(self) -> None:
         """Stops and joins the reader thread; queued events are discarded."""
     def __enter__(self) -> Self: ...
@@ -65,3 +69,6 @@ def decode_datagram(
 ) -> list[Event]:
     """Decodes one recorded netlink datagram as the reader would; raises ConntrackError
     for a malformed message."""
+
+def check_filter(filter: Mapping[str, Sequence[str]]) -> None:
+    """Parses accept/ignore lists as EventStream does; ValueError (one line) for a bad item."""

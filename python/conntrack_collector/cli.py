@@ -13,7 +13,7 @@ import rich_click as click
 import yaml
 from click.core import ParameterSource
 
-from . import _native, config, observers, vault
+from . import FILTER_LISTS, _native, config, filter_items, observers, vault
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
 from .collector import RunSettings, open_stream, run
 from .errors import Error, ExitCode
@@ -61,6 +61,22 @@ class FieldNames(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{value!r}: expected a comma-separated list of {', '.join(_native.FIELDS)}",
                       param, ctx)
         return tuple(dict.fromkeys(fields))
+class FilterList(click.ParamType):  # type: ignore[type-arg]
+    """`tcp,udp` / `10.0.0.0/8,fd00::/8` (or a YAML list) -> a tuple, checked by the same
+    parser as the reader's (a bad item is a usage error)."""
+
+    def __init__(self, key: str, metavar: str) -> None:
+        self.key = key
+        self.name = metavar.lower()
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, ...]:
+        items = filter_items(value if isinstance(value, (str, list, tuple)) else str(value))
+        try:
+            _native.check_filter({self.key: items})
+        except ValueError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+        return tuple(dict.fromkeys(items))
 
 
 def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -136,7 +152,11 @@ def tune_kernel_for(netns: str | None) -> None:
 @click.option_panel("Collector flags", options=[
     "--netns", "--events", "--fields", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
-    "--batch-events", "--batch-bytes", "--shutdown-timeout", "--connect-timeout", "--config", "--print-config"])
+    "--batch-events", "--batch-bytes", "--shutdown-timeout", "--connect-timeout", "--config",
+    "--print-config"])
+@click.option_panel("Filters (in the kernel)", options=[
+    "--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses",
+    "--accept-tcp-states", "--ignore-tcp-states"])
 @click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
 @click.rich_config(help_config=click.RichHelpConfiguration(width=100))
 @click.help_option("-h", "--help", help="help for this command")
@@ -205,6 +225,29 @@ def tune_kernel_for(netns: str | None) -> None:
                    "/etc/owp, /etc/config/owp, $HOME/.owp, .]")
 @click.option("--print-config", is_flag=True, default=False,
               help="Print the effective configuration (secrets hidden) and exit")
+@click.option("--accept-protocols", type=FilterList("accept_protocols", "LIST"), default=(),
+              metavar="LIST", show_default=False,
+              help="Only events of these IP protocols, comma-separated: tcp, udp, udplite, icmp, "
+                   "icmpv6, sctp, gre, dccp or numbers")
+@click.option("--ignore-protocols", type=FilterList("ignore_protocols", "LIST"), default=(),
+              metavar="LIST", show_default=False,
+              help="All events but those of these IP protocols")
+@click.option("--accept-addresses", type=FilterList("accept_addresses", "CIDRS"), default=(),
+              metavar="CIDRS", show_default=False,
+              help="Only events whose original source or destination is in one of these "
+                   "addresses or subnets (10.0.0.0/8,fd00::/8); a list of one family keeps "
+                   "every event of the other")
+@click.option("--ignore-addresses", type=FilterList("ignore_addresses", "CIDRS"), default=(),
+              metavar="CIDRS", show_default=False,
+              help="All events but those whose original source or destination is in one of "
+                   "these addresses or subnets")
+@click.option("--accept-tcp-states", type=FilterList("accept_tcp_states", "STATES"), default=(),
+              metavar="STATES", show_default=False,
+              help="Only TCP events in these states (SYN_SENT, ESTABLISHED, TIME_WAIT, ...); "
+                   "other protocols, and TCP events that carry no state, pass")
+@click.option("--ignore-tcp-states", type=FilterList("ignore_tcp_states", "STATES"), default=(),
+              metavar="STATES", show_default=False,
+              help="All TCP events but those in these states")
 @click.option("--metrics-addr", metavar="HOST:PORT", callback=check_metrics_addr,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (:PORT: every interface)")
 @click.option("--tune-kernel", is_flag=True, default=False,
@@ -244,6 +287,7 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         nat_only=effective["nat_only"],
         socket_buffer_bytes=effective["buffer_size"],
         reliable=effective["reliable"],
+        filter_lists=tuple((name, effective[name]) for name in FILTER_LISTS if effective[name]),
         output=effective["output"].lower(),
         broker=BrokerSettings(
             hosts=hosts,

@@ -51,11 +51,15 @@ class RunSettings:
     fields: tuple[str, ...] = ()  # opt-in keys after ASSURED (EventStream's `fields`)
     credentials: CredentialsProvider | None = None  # from Vault; else broker.user and .password
     batch_bytes: int = DEFAULT_BATCH_BYTES
+    # Accept/ignore rules, compiled to the reader's socket filter (empty: no rule).
+    # (EventStream's keyword, e.g. "accept_protocols", its items)
+    filter_lists: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def open_stream(settings: RunSettings) -> Stream:
     import conntrack_collector as native  # the Rust reader; imported late so the CLI works without
 
+    filter_lists: dict[str, Any] = dict(settings.filter_lists)
     try:
         stream = native.EventStream(
             types=settings.types,
@@ -65,6 +69,7 @@ def open_stream(settings: RunSettings) -> Stream:
             reliable=settings.reliable,
             as_json=True,
             fields=settings.fields,
+            **filter_lists,
         )
     except PermissionError as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.NO_PERMISSION) from None

@@ -93,6 +93,10 @@ class CollectorMetrics(Collector):
                        _int(stream, "overruns"))
         yield _counter("decode_errors", "Kernel messages that could not be decoded (skipped).",
                        _int(stream, "decode_errors"))
+        yield _counter("stream_filtered_by_fallback",
+                       "Events the accept/ignore rules left out in userspace, after the kernel's "
+                       "socket filter let them through (what that filter drops is never seen).",
+                       _int(stream, "filtered_by_fallback"))
         yield _gauge("stream_queued_events",
                      "Events decoded by the reader thread, not yet taken by the collector.",
                      _int(stream, "queued"))
