@@ -119,7 +119,7 @@ def test_fault_soak(capsys: pytest.CaptureFixture[str]) -> None:
         code = collector.stop(timeout_s=60)
         monitor.stop()
         elapsed = time.monotonic() - started
-        messages = consume_all(cluster.nodes[0].port, queue)
+        messages = consume_all(cluster.serving_node().port, queue)
 
     if faults.error is not None:
         failures.append(f"fault injection failed: {faults.error!r}")
@@ -154,7 +154,7 @@ def test_fault_soak(capsys: pytest.CaptureFixture[str]) -> None:
         f"delivered {unique} (unique in the queue; confirmed {delivered}), duplicates "
         f"{duplicates}, dropped {not_delivered} ({reasons or 'none'}), lost {max(lost, 0)}; "
         f"max stall {stall.seconds:.1f} s (from {stall.started_at_s:.0f} s, {stall.during}; "
-        f"at its end {stall.state or 'nothing waiting'}); "
+        f"last seen {stall.state or 'nothing waiting'}); "
         f"{elapsed:.0f} s, exit {code}")
 
     if not_delivered != sum(drops.values()):

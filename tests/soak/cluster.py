@@ -73,6 +73,16 @@ class Cluster:
             channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
             channel.queue_bind(queue, exchange, "")
 
+    def serving_node(self) -> PrivateNode:
+        """A node that accepts connections now (at the end all should)."""
+        for node in self.nodes:
+            try:
+                with channel_on(node.port):
+                    return node
+            except (pika.exceptions.AMQPError, OSError):
+                continue
+        raise RuntimeError("no node of the cluster accepts connections")
+
     def wait_until_serving(self, node: PrivateNode, timeout_s: float = 60.0) -> None:
         """Until `node` accepts AMQP connections (start() returns a moment before)."""
         deadline = time.monotonic() + timeout_s

@@ -73,7 +73,8 @@ class Faults:
                         return
                     self.current = name
                     self.say(f"{self.elapsed():7.1f} s  fault {name}")
-                    self.say(f"{self.elapsed():7.1f} s  fault {name} undone: {inject()}")
+                    what = inject()
+                    self.say(f"{self.elapsed():7.1f} s  fault {name} undone: {what}")
                     self.injected[name] += 1
                     self.current = "none"
                 first_round = False

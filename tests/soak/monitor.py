@@ -28,7 +28,7 @@ class Stall:
     seconds: float
     started_at_s: float  # since the soak started
     during: str  # the fault and traffic phase at its start
-    # At its end: where the waiting events were (buffered, in flight) and the connection.
+    # Its last sample: where the waiting events were (buffered, in flight), the connection.
     state: str = ""
 
 
@@ -50,6 +50,7 @@ class Monitor:
         self.last: dict[str, float] = {}
         self._stall_since: float | None = None
         self._stall_during = ""
+        self._stall_state = ""
         self._confirmed = -1.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-monitor", daemon=True)
@@ -93,17 +94,19 @@ class Monitor:
                 self._stall_since, self._stall_during = now, self.context()
         elif self._stall_since is None:
             self._stall_since, self._stall_during = now, self.context()
+        if self._stall_since is not None:
+            self._stall_state = self._state(sample)
 
     def _close_stall(self, now: float) -> None:
         if self._stall_since is not None:
             seconds = now - self._stall_since
             if seconds > self.longest.seconds:
                 self.longest = Stall(seconds, self._stall_since - self.started,
-                                     self._stall_during, self._state())
+                                     self._stall_during, self._stall_state)
         self._stall_since = None
 
-    def _state(self) -> str:
-        last = self.last
+    @staticmethod
+    def _state(last: dict[str, float]) -> str:
         connected = "connected" if last.get("broker_connected") else "not connected"
         return (f"{int(last.get('buffer_events', 0))} buffered, "
                 f"{int(last.get('in_flight_events', 0))} in flight, {connected}")
