@@ -17,7 +17,7 @@ from contextlib import ExitStack
 
 import pytest
 from collector_process import Collector
-from netns_util import conntrack_netns, free_tcp_port, needs_root
+from netns_util import free_tcp_port
 from rabbitmq import needs_rabbitmq_server, unique_name
 from soak.cluster import Cluster, consume_all
 from soak.faults import Faults
@@ -33,7 +33,7 @@ MAX_BUFFER_EVENTS = 500_000
 BOUND_REASONS = {"buffer_full"}
 CATCH_UP_S = 60.0  # after the traffic stopped: the collector confirms everything, or it stalled
 
-pytestmark = [pytest.mark.root, needs_root, needs_rabbitmq_server,
+pytestmark = [pytest.mark.root, needs_rabbitmq_server,
               pytest.mark.timeout(SOAK_SECONDS + 900)]
 
 STOP_SUMMARY = re.compile(r"stopped: received (\d+) events, delivered (\d+), not delivered (\d+)"
@@ -60,7 +60,7 @@ def event_key(body: bytes) -> tuple[str, str, int]:
             event["Original"]["Layer4"]["Dport"])
 
 
-def test_fault_soak(capsys: pytest.CaptureFixture[str]) -> None:
+def test_fault_soak(netns: str, capsys: pytest.CaptureFixture[str]) -> None:
     def say(line: str) -> None:
         with capsys.disabled():
             print(f"soak: {line}", flush=True)
@@ -72,7 +72,6 @@ def test_fault_soak(capsys: pytest.CaptureFixture[str]) -> None:
         cluster = stack.enter_context(Cluster(3))
         cluster.declare_quorum_queue(exchange, queue)
         proxy = stack.enter_context(FaultProxy([node.port for node in cluster.nodes]))
-        netns = stack.enter_context(conntrack_netns("soak"))
         metrics_port = free_tcp_port()
         hosts = ",".join(f"127.0.0.1:{port}" for port in proxy.ports)
         collector = Collector("--netns", netns, "--amqp-host", hosts, "--amqp-exchange", exchange,
@@ -127,7 +126,7 @@ def test_fault_soak(capsys: pytest.CaptureFixture[str]) -> None:
         failures.append(f"the collector exited during the soak, code {code}")
     elif code != 0:
         failures.append(f"the collector's exit code after SIGTERM: {code}")
-    summary = parse_stop_summary(collector.lines)
+    summary = parse_stop_summary(collector.stderr)
     if summary is None:
         failures.append("no stop summary line on the collector's stderr")
         summary = (0, 0, 0, {})
@@ -182,5 +181,5 @@ def test_fault_soak(capsys: pytest.CaptureFixture[str]) -> None:
     if stall.seconds > MAX_STALL_S:
         failures.append(f"a stall of {stall.seconds:.1f} s (limit {MAX_STALL_S:.0f} s), from "
                         f"{stall.started_at_s:.0f} s into the soak, {stall.during}")
-    log_tail = "\n".join(collector.lines[-60:])
+    log_tail = "\n".join(collector.stderr[-60:])
     assert not failures, "\n".join(failures) + "\n--- the collector's log (tail):\n" + log_tail
