@@ -108,8 +108,10 @@ class Monitor:
     @staticmethod
     def _state(last: dict[str, float]) -> str:
         connected = "connected" if last.get("broker_connected") else "not connected"
+        republish = ("" if "awaiting_republish_events" not in last else
+                     f"{int(last['awaiting_republish_events'])} to publish again, ")
         return (f"{int(last.get('buffer_events', 0))} buffered, "
-                f"{int(last.get('in_flight_events', 0))} in flight, {connected}")
+                f"{int(last.get('in_flight_events', 0))} in flight, {republish}{connected}")
 
     def current_stall_s(self) -> float:
         since = self._stall_since
