@@ -31,6 +31,7 @@ class Faults:
         self.duration_s = duration_s
         self.say = say
         self.injected: Counter[str] = Counter()
+        self.without_effect: list[str] = []  # faults that found nothing to act on
         self.current = "none"
         self.error: BaseException | None = None
         self._abort = threading.Event()
@@ -117,10 +118,21 @@ class Faults:
     def stop_the_connected_node(self) -> str:
         return self._down_and_up(self.connected_node(), kill=False) + " (the collector's node)"
 
+    def _wait_for_a_connection(self, timeout_s: float = 15.0) -> None:
+        """A fault on connections needs one to act on (the collector may be reconnecting)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.proxy.connected_upstreams() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def reset_connections(self) -> str:
-        return f"reset {self.proxy.reset_all()} connection(s)"
+        self._wait_for_a_connection()
+        resets = self.proxy.reset_all()
+        if not resets:
+            self.without_effect.append("proxy-reset: no connection to reset")
+        return f"reset {resets} connection(s)"
 
     def close_during_handshakes(self) -> str:
+        self._wait_for_a_connection()
         closed_before = self.proxy.handshakes_closed
         self.proxy.close_next_handshakes(HANDSHAKE_CLOSES)
         resets = self.proxy.reset_all()
@@ -129,11 +141,15 @@ class Faults:
             time.sleep(0.1)
         left = self.proxy.handshake_closes_pending()
         self.proxy.close_next_handshakes(0)
+        if left:
+            self.without_effect.append(f"handshake-close: {left} of {HANDSHAKE_CLOSES} "
+                                       f"connection attempts never came")
         return (f"reset {resets} connection(s), then closed "
                 f"{self.proxy.handshakes_closed - closed_before} handshake(s) after the "
                 f"server's first bytes" + (f" ({left} attempt(s) never came)" if left else ""))
 
     def stall(self) -> str:
+        self._wait_for_a_connection()
         self.proxy.stall()
         self._abort.wait(STALL_S)
         self.proxy.resume()
