@@ -28,7 +28,7 @@ class Stall:
     seconds: float
     started_at_s: float  # since the soak started
     during: str  # the fault and traffic phase at its start
-    # Its last sample: where the waiting events were (buffered, in flight), the connection.
+    # Its middle sample: where the waiting events were (buffered, in flight), the connection.
     state: str = ""
 
 
@@ -50,7 +50,7 @@ class Monitor:
         self.last: dict[str, float] = {}
         self._stall_since: float | None = None
         self._stall_during = ""
-        self._stall_state = ""
+        self._stall_states: list[str] = []  # one per sample of the stall under way
         self._confirmed = -1.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-monitor", daemon=True)
@@ -95,15 +95,22 @@ class Monitor:
         elif self._stall_since is None:
             self._stall_since, self._stall_during = now, self.context()
         if self._stall_since is not None:
-            self._stall_state = self._state(sample)
+            self._stall_states.append(self._state(sample))
 
     def _close_stall(self, now: float) -> None:
         if self._stall_since is not None:
             seconds = now - self._stall_since
             if seconds > self.longest.seconds:
                 self.longest = Stall(seconds, self._stall_since - self.started,
-                                     self._stall_during, self._stall_state)
+                                     self._stall_during, self._middle_state())
         self._stall_since = None
+        self._stall_states = []
+
+    def _middle_state(self) -> str:
+        """Why a stall lasts is best seen halfway through: not while the connection is still
+        being remade at its start, nor in the collector's shutdown at its end."""
+        states = self._stall_states
+        return states[len(states) // 2] if states else ""
 
     @staticmethod
     def _state(last: dict[str, float]) -> str:
@@ -112,7 +119,3 @@ class Monitor:
                      f"{int(last['awaiting_republish_events'])} to publish again, ")
         return (f"{int(last.get('buffer_events', 0))} buffered, "
                 f"{int(last.get('in_flight_events', 0))} in flight, {republish}{connected}")
-
-    def current_stall_s(self) -> float:
-        since = self._stall_since
-        return 0.0 if since is None else time.monotonic() - since

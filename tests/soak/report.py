@@ -97,7 +97,7 @@ class Outcome:
                 f"(unique in the queue; confirmed {stop.delivered}), duplicates "
                 f"{self.duplicates}, dropped {stop.not_delivered} ({reasons}), lost {self.lost}; "
                 f"max stall {stall.seconds:.1f} s (from {stall.started_at_s:.0f} s, "
-                f"{stall.during}; last seen {stall.state or 'nothing waiting'}); "
+                f"{stall.during}; halfway {stall.state or 'not sampled'}); "
                 f"{self.elapsed_s:.0f} s, exit {self.exit_code}")
 
     def failures(self) -> list[str]:
@@ -129,7 +129,7 @@ class Outcome:
         if self.stall.seconds > self.max_stall_s:
             found.append(f"a stall of {self.stall.seconds:.1f} s (limit {self.max_stall_s:.0f} "
                          f"s) from {self.stall.started_at_s:.0f} s into the soak, "
-                         f"{self.stall.during}; last seen {self.stall.state}")
+                         f"{self.stall.during}; halfway {self.stall.state}")
         return found
 
     def _run_failures(self) -> list[str]:
