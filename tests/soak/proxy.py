@@ -172,9 +172,13 @@ class FaultProxy:
         chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def read() -> None:
-            while data := await reader.read(CHUNK_BYTES):
-                await chunks.put((time.monotonic() + self._delay_s, data))
-            await chunks.put((0.0, b""))
+            try:
+                while data := await reader.read(CHUNK_BYTES):
+                    await chunks.put((time.monotonic() + self._delay_s, data))
+            except OSError:
+                pass  # reset by the peer: the end of this direction, as an EOF is
+            finally:
+                chunks.put_nowait((0.0, b""))
 
         reading = asyncio.ensure_future(read())
         assert self._forwarding is not None
