@@ -89,7 +89,8 @@ def test_fault_soak(netns: str, capsys: pytest.CaptureFixture[str]) -> None:
         exit_code=code, exited_early=exited_early, injected=faults.injected,
         scheduled=[name for name, _ in faults.schedule],
         faults_without_effect=faults.without_effect, fault_error=faults.error,
-        stall=monitor.longest, peak_outstanding=monitor.peak_outstanding,
+        stall=monitor.longest, metric_samples=monitor.samples,
+        peak_outstanding=monitor.peak_outstanding,
         max_buffer_events=MAX_BUFFER_EVENTS, max_stall_s=MAX_STALL_S, elapsed_s=elapsed_s)
     say(outcome.summary_line())
     failures = outcome.failures()

@@ -24,7 +24,8 @@ def outcome(**changes: Any) -> Outcome:
         "stop": StopSummary(2 * flows, 2 * flows, 0, {}), "exit_code": 0,
         "exited_early": False, "injected": Counter({"stall": 1}), "scheduled": ["stall"],
         "faults_without_effect": [], "fault_error": None,
-        "stall": Stall(10.0, 50.0, "fault stall"), "peak_outstanding": 900,
+        "stall": Stall(10.0, 50.0, "fault stall"), "metric_samples": 800,
+        "peak_outstanding": 900,
         "max_buffer_events": 500_000, "max_stall_s": 30.0, "elapsed_s": 200.0}
     fields.update(changes)
     return Outcome(**fields)
@@ -65,6 +66,7 @@ def test_each_failure_is_named() -> None:
     fails(outcome(injected=Counter()), "fault stall never injected")
     fails(outcome(faults_without_effect=["proxy-reset: none"]), "without effect")
     fails(outcome(stop=None), "no stop summary")
+    fails(outcome(metric_samples=0), "metrics were never read")
     again = outcome()
     again.messages.append(("p-new", again.messages[0][1]))
     again.__post_init__()

@@ -138,7 +138,8 @@ class Faults:
         resets = self.proxy.reset_all()
         deadline = time.monotonic() + 30
         while self.proxy.handshake_closes_pending() and time.monotonic() < deadline:
-            time.sleep(0.1)
+            if self._abort.wait(0.1):
+                break
         left = self.proxy.handshake_closes_pending()
         self.proxy.close_next_handshakes(0)
         if left:

@@ -78,6 +78,8 @@ class Monitor:
             except OSError:
                 self.failed_scrapes += 1
                 continue
+            if "events_confirmed_total" not in sample:
+                continue  # not the metrics we know: never counted as a sample
             self.samples += 1
             self.last = sample
             self._observe(time.monotonic(), sample)
@@ -112,10 +114,10 @@ class Monitor:
         states = self._stall_states
         return states[len(states) // 2] if states else ""
 
-    @staticmethod
-    def _state(last: dict[str, float]) -> str:
+    def _state(self, last: dict[str, float]) -> str:
         connected = "connected" if last.get("broker_connected") else "not connected"
         republish = ("" if "awaiting_republish_events" not in last else
                      f"{int(last['awaiting_republish_events'])} to publish again, ")
-        return (f"{int(last.get('buffer_events', 0))} buffered, "
+        buffered = last.get("publish_buffer_events", last.get("buffer_events", 0))
+        return (f"{self.outstanding(last)} outstanding: {int(buffered)} buffered, "
                 f"{int(last.get('in_flight_events', 0))} in flight, {republish}{connected}")

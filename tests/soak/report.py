@@ -60,6 +60,7 @@ class Outcome:
     faults_without_effect: list[str]
     fault_error: BaseException | None
     stall: Stall
+    metric_samples: int  # the stall is measured only if the collector's metrics were read
     peak_outstanding: int
     max_buffer_events: int
     max_stall_s: float
@@ -126,6 +127,8 @@ class Outcome:
         if self.conflicting:
             found.append(f"{self.conflicting} message_id(s) repeated with a different body")
         found += self._offered_failures()
+        if self.metric_samples == 0:
+            found.append("the collector's metrics were never read: no stall was measured")
         if self.stall.seconds > self.max_stall_s:
             found.append(f"a stall of {self.stall.seconds:.1f} s (limit {self.max_stall_s:.0f} "
                          f"s) from {self.stall.started_at_s:.0f} s into the soak, "
