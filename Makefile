@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup install run test test-rust test-python fuzz lint bench wheels test-cross clean
+.PHONY: setup install run test test-rust test-python soak fuzz lint bench wheels test-cross clean
 
 # Debian packages, Python tools and the package itself; safe to run again.
 setup:
@@ -22,6 +22,11 @@ test-rust:
 
 test-python:
 	$(PYTHON) -m pytest -ra tests
+
+# The fault soak (tests/test_soak.py) for longer than the test suite's 3 minutes: a private
+# three-node RabbitMQ cluster, faults on a schedule, then every event accounted for.
+soak: install
+	SOAK_SECONDS=$(or $(SOAK_SECONDS),900) $(PYTHON) -m pytest -ra tests/test_soak.py
 
 # A short fuzzing run of the decoder (nightly-free: cargo-fuzz runs under RUSTC_BOOTSTRAP).
 fuzz:

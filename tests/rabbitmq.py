@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -118,6 +119,8 @@ class PrivateNode:
     management_port: int | None = None  # the management plugin's HTTP API, when set
     extra_config: tuple[str, ...] = ()  # more rabbitmq.conf lines, e.g. "max_message_size = N"
     name: str = field(default_factory=lambda: f"ctc-test-{uuid.uuid4().hex[:8]}@localhost")
+    # Where the Erlang cookie is: nodes of one cluster share theirs, apart from everyone's.
+    home: str = "/var/lib/rabbitmq"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -168,11 +171,20 @@ class PrivateNode:
         self._run("rabbitmqctl", "-n", self.name, "-q", "stop", str(self.folder / "rabbitmq.pid"),
                   check=False)
 
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM: no goodbye to its peers or clients."""
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((self.folder / "rabbitmq.pid").read_text().strip()), signal.SIGKILL)
+
+    def ctl(self, *args: str) -> None:
+        """`rabbitmqctl -n NODE ARGS`; raises when it fails."""
+        self._run("rabbitmqctl", "-n", self.name, "-q", *args)
+
     def _run(self, script: str, *args: str, check: bool = True) -> None:
         # As the rabbitmq user, with its Erlang cookie, bypassing Debian's wrapper (which would
         # write into the shared broker's startup log).
         env = self.env()
-        env["HOME"] = "/var/lib/rabbitmq"
+        env["HOME"] = self.home
         done = subprocess.run(
             ["setpriv", "--reuid=rabbitmq", "--regid=rabbitmq", "--init-groups",
              f"/usr/lib/rabbitmq/bin/{script}", *args],
