@@ -597,6 +597,9 @@ fn bad_values_are_one_line_errors() {
     assert_eq!(parse_protocol(" GRE ").unwrap(), 47);
 }
 
+/// Tests named kernel_* open a NETLINK_NETFILTER socket, which qemu-user refuses:
+/// cross/test-emulated.sh skips them there.
+///
 /// The kernel's own checker (sk_chk_filter) takes every program the compiler makes.
 #[test]
 fn kernel_accepts_compiled_programs() {
