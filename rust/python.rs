@@ -27,8 +27,9 @@ use crate::schema::{self, Field, Fields, Key, Scalar};
 create_exception!(
     conntrack_collector._native,
     ConntrackError,
-    PyException,
-    "Base class of the errors conntrack_collector raises itself."
+    PyOSError,
+    "Base class of the errors conntrack_collector raises itself: an OSError, with the errno when \
+     a system call failed."
 );
 
 /// The longest the GIL is released in one go, so Ctrl-C is seen within this time.
@@ -45,7 +46,7 @@ impl From<Error> for PyErr {
             Error::InvalidArgument(_) => PyValueError::new_err(message),
             Error::KernelUnsupported(_) => ConntrackError::new_err(message),
             Error::Os { source, .. } => match source.raw_os_error() {
-                Some(errno) => PyOSError::new_err((errno, message)),
+                Some(errno) => ConntrackError::new_err((errno, message)),
                 None => ConntrackError::new_err(message),
             },
         }

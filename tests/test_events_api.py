@@ -46,6 +46,13 @@ def test_malformed_datagram_is_a_conntrack_error() -> None:
         decode_datagram(datagram[:40] + b"\xff" * 4 + datagram[44:60])
 
 
+def test_conntrack_error_is_an_os_error_with_its_errno() -> None:
+    """The docs promise ConntrackError when reading fails; a failed system call is one."""
+    assert issubclass(ConntrackError, OSError)
+    error = ConntrackError(105, "recvmmsg failed")
+    assert (error.errno, error.strerror) == (105, "recvmmsg failed")
+
+
 def test_version_is_the_crate_version() -> None:
     cargo = (Path(__file__).parents[1] / "Cargo.toml").read_text()
     assert f'version = "{conntrack_collector.__version__}"' in cargo

@@ -17,9 +17,9 @@ FIELDS: tuple[str, ...]
 
 Event: TypeAlias = dict[str, Any] | bytes
 
-class ConntrackError(Exception):
+class ConntrackError(OSError):
     """Base class of the errors conntrack_collector raises itself (a kernel without
-    ctnetlink, a failed read)."""
+    ctnetlink, a failed system call such as a read, with its errno)."""
 
 class EventStream:
     """A reader thread that owns a NETLINK_NETFILTER socket joined to ctnetlink's event

@@ -46,6 +46,9 @@ log = logging.getLogger("conntrack_collector")
 STABLE_CONNECTION_S = 5.0
 # A batch's body at most (--batch-bytes): well under RabbitMQ 4's max_message_size (16 MiB).
 DEFAULT_BATCH_BYTES = 4 << 20
+# A message returned unroutable (no queue bound yet) is republished after this pause: the
+# documented 5 s, so events published before a consumer's queue exists are not discarded.
+RETURN_PAUSE_S = 5.0
 # When the broker names its max_message_size, batches stay this much under it.
 MESSAGE_SIZE_MARGIN = 1024
 
@@ -78,7 +81,7 @@ class Publisher:
         self._options = SessionOptions(
             exchange=settings.exchange, router_id=settings.router_id,
             max_in_flight=max_in_flight, batch_events=batch_events, batch_bytes=batch_bytes,
-            bulk_write=bulk_write, return_pause_s=reconnect_max_s / 2)
+            bulk_write=bulk_write, return_pause_s=RETURN_PAUSE_S)
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
