@@ -11,6 +11,7 @@ pub mod event;
 pub mod filter;
 pub mod json;
 pub mod kernel;
+pub mod netns;
 pub mod queue;
 pub mod reader;
 pub mod schema;

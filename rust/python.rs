@@ -6,9 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
-use pyo3::exceptions::{
-    PyException, PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError,
-};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -18,10 +16,10 @@ use crate::error::Error;
 use crate::event::{Event, EventType};
 use crate::filter::{Filter, FilterText};
 use crate::json;
+use crate::kernel;
+use crate::netns;
 use crate::queue::Pop;
-use crate::reader::{
-    netns_path, Options, Stream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_EVENTS, DEFAULT_TYPES,
-};
+use crate::reader::{Options, Stream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_EVENTS, DEFAULT_TYPES};
 use crate::schema::{self, Field, Fields, Key, Scalar};
 
 create_exception!(
@@ -105,7 +103,7 @@ impl EventStream {
             .collect::<PyResult<Vec<_>>>()?;
         let options = Options {
             types,
-            netns: netns.map(|path| netns_path(&path.to_string_lossy())),
+            netns: netns.map(|path| netns::path(&path.to_string_lossy())),
             nat_only,
             buffer_bytes,
             reliable,
@@ -416,6 +414,31 @@ fn parse_filter(mut lists: HashMap<String, Vec<String>>) -> PyResult<Filter> {
     Filter::parse(&text).map_err(PyValueError::new_err)
 }
 
+/// `NAME` -> /run/netns/NAME; a path stays as it is.
+#[pyfunction]
+fn netns_path(netns: &str) -> PathBuf {
+    netns::path(netns)
+}
+
+/// `--tune-kernel`'s work, in `netns` (a name or path) or here: for each sysctl,
+/// `(name, before, after, error)`. Python decides what to log.
+#[pyfunction]
+#[pyo3(signature = (netns=None, sysctl_dir=None))]
+#[allow(clippy::type_complexity)]
+fn tune_kernel(
+    py: Python<'_>,
+    netns: Option<&str>,
+    sysctl_dir: Option<PathBuf>,
+) -> PyResult<Vec<(&'static str, Option<String>, Option<String>, Option<String>)>> {
+    let dir = sysctl_dir.unwrap_or_else(|| PathBuf::from(kernel::SYSCTL_DIR));
+    let netns = netns.map(netns::path);
+    let tuned = py.allow_threads(|| netns::run_in(netns.as_deref(), || kernel::tune(&dir)))?;
+    Ok(tuned
+        .into_iter()
+        .map(|t| (t.name, t.before, t.after, t.error))
+        .collect())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -430,5 +453,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EventStream>()?;
     m.add_function(wrap_pyfunction!(decode_datagram, m)?)?;
     m.add_function(wrap_pyfunction!(check_filter, m)?)?;
+    m.add_function(wrap_pyfunction!(netns_path, m)?)?;
+    m.add_function(wrap_pyfunction!(tune_kernel, m)?)?;
     Ok(())
 }

@@ -4,7 +4,6 @@
 //! touches the socket.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::event::EventType;
 use crate::filter::Filter;
 use crate::kernel;
+use crate::netns;
 use crate::queue::{Pop, Queue, Stats};
 use crate::schema::{Field, Fields};
 use crate::socket::{EventSocket, Received};
@@ -82,15 +82,6 @@ pub struct Stream {
     pub started: Started,
 }
 
-/// `NAME` means /run/netns/NAME; anything with a slash is a path.
-pub fn netns_path(netns: &str) -> PathBuf {
-    if netns.contains('/') {
-        PathBuf::from(netns)
-    } else {
-        PathBuf::from("/run/netns").join(netns)
-    }
-}
-
 impl Stream {
     /// Starts the reader thread; returns once it has subscribed, so traffic made after
     /// this returns produces events.
@@ -98,22 +89,7 @@ impl Stream {
         if options.types.is_empty() {
             return Err(Error::InvalidArgument("no event types to listen to".into()));
         }
-        let netns = match &options.netns {
-            Some(path) => Some(File::open(path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::NamespaceNotFound(format!(
-                        "network namespace not found: {}",
-                        path.display()
-                    ))
-                } else {
-                    Error::os(
-                        format!("cannot open network namespace {}", path.display()),
-                        e,
-                    )
-                }
-            })?),
-            None => None,
-        };
+        let netns = options.netns.as_deref().map(netns::open).transpose()?;
         let queue = Arc::new(Queue::new(options.queue_events));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -194,20 +170,7 @@ impl Drop for Stream {
 /// Runs on the reader thread: enter the namespace, check the kernel, open the socket.
 fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Started)> {
     if let Some(netns) = netns {
-        // setns moves only this thread; the caller's thread stays where it is.
-        // SAFETY: setns(2) on a descriptor we own, alive for the call.
-        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(match err.raw_os_error() {
-                Some(libc::EPERM) => Error::Permission(
-                    "entering another network namespace needs CAP_SYS_ADMIN: run as root".into(),
-                ),
-                Some(libc::EINVAL) => {
-                    Error::InvalidArgument("the netns path is not a network namespace".into())
-                }
-                _ => Error::os("cannot enter the network namespace", err),
-            });
-        }
+        netns::enter(&netns)?; // this thread only: the caller's stays where it is
     }
     kernel::check_conntrack_present()?;
     EventSocket::probe_ctnetlink()?;

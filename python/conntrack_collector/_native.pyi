@@ -70,5 +70,15 @@ def decode_datagram(
     """Decodes one recorded netlink datagram as the reader would; raises ConntrackError
     for a malformed message."""
 
+def netns_path(netns: str) -> str:
+    """`NAME` -> /run/netns/NAME; a path (anything with a slash) stays as it is."""
+
+def tune_kernel(
+    netns: str | None = None, sysctl_dir: str | os.PathLike[str] | None = None
+) -> list[tuple[str, str | None, str | None, str | None]]:
+    """Sets net.netfilter.nf_conntrack_{acct,timestamp,events} to 1 in `netns` (or here):
+    `(name, before, after, error)` for each. FileNotFoundError, PermissionError or ValueError
+    when the namespace cannot be entered."""
+
 def check_filter(filter: Mapping[str, Sequence[str]]) -> None:
     """Parses accept/ignore lists as EventStream does; ValueError (one line) for a bad item."""
