@@ -76,7 +76,9 @@ def open_stream(settings: RunSettings) -> Stream:
     except FileNotFoundError as exc:
         raise Error(f"network namespace {settings.netns!r} not found: {exc}",
                     ExitCode.USAGE) from None
-    except (native.ConntrackError, OSError, ValueError) as exc:
+    except ValueError as exc:  # a bad argument: the command line checked all but --netns
+        raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.USAGE) from None
+    except (native.ConntrackError, OSError) as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.ERROR) from None
     return cast(Stream, stream)  # as_json=True: poll gives bytes
 
