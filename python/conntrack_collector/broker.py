@@ -52,7 +52,7 @@ def parse_hosts(text: str, default_port: int) -> tuple[tuple[str, int], ...]:
         elif item.count(":") == 1:
             host, port_text = item.split(":")
             port = _port(port_text, item)
-        if not host:
+        if not host or not all(char.isprintable() and not char.isspace() for char in host):
             raise BrokerConfigError(f"bad host {item!r}")
         hosts.append((host, port))
     if not hosts:
@@ -61,7 +61,8 @@ def parse_hosts(text: str, default_port: int) -> tuple[tuple[str, int], ...]:
 
 
 def _port(text: str, item: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise BrokerConfigError(f"bad port in host {item!r}")
     return int(text)
 
