@@ -17,6 +17,8 @@ from conntrack_collector import EventStream, config
 from conntrack_collector.cli import main
 from conntrack_collector.errors import ExitCode
 from test_cli import assert_one_line_error, print_config, run
+from test_vault import bao  # noqa: F401 (the fixture)
+from vault_util import DevVault
 
 KEYS = ["verbose", "amqp_host", "amqp_port", "amqp_user", "amqp_password", "amqp_vhost",
         "events"]
@@ -264,3 +266,24 @@ def test_empty_argv_strings_never_escape_as_internal_errors(
         _, err = capsys.readouterr()
         assert code in (ExitCode.OK, ExitCode.USAGE), (flag, err)
         assert "internal error" not in err, (flag, err)
+
+
+# --- the same checks for what Vault's config secret gives ----------------------------------
+
+@pytest.mark.parametrize("secret, fragments", [
+    ({"exchange": LONG_NAME}, ["the exchange in secret/owp/bad-input", "255 bytes"]),
+    ({"vhost": ""}, ["the vhost in secret/owp/bad-input", "empty"]),
+    ({"port": "²"}, ["secret/owp/bad-input", "'port' is not a port"]),
+    ({"host": "a b"}, ["the host in secret/owp/bad-input", "bad host"]),
+])
+def test_a_bad_value_from_vault_is_one_line_and_exit_1(
+        capsys: pytest.CaptureFixture[str], bao: DevVault, secret: dict[str, str],
+        fragments: list[str]) -> None:
+    bao.client().secrets.kv.v2.create_or_update_secret(
+        "owp/bad-input", secret=secret, mount_point="secret")
+    code, _, err = run(capsys, "--vault-addr", bao.addr, "--vault-path-config",
+                       "secret/owp/bad-input", "--vault-path-creds", "",
+                       "--amqp-ca", "/nonexistent",  # past the check: stop at once, exit 2
+                       env={"OWP_VAULT_TOKEN": bao.token})
+    assert code == ExitCode.ERROR  # Vault's content, not the command line, is wrong
+    assert_one_line_error(err.strip().splitlines()[-1], "Vault: ", *fragments)  # after INFO

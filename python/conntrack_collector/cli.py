@@ -342,7 +342,7 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         log.warning("%s", warning)
     if effective["verbose"]:
         log.info("effective configuration:\n%s", shown.rstrip())
-    credentials, from_vault = _apply_vault(effective)
+    credentials, from_vault = _apply_vault(ctx, effective)
     try:
         hosts = parse_hosts(effective["amqp_host"], effective["amqp_port"])
     except BrokerConfigError as exc:
@@ -389,11 +389,11 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         return run(settings, stats, stream_factory=watching.watch(open_stream))
 
 
-def _apply_vault(effective: dict[str, Any]
+def _apply_vault(ctx: click.Context, effective: dict[str, Any]
                  ) -> tuple[vault.VaultCredentials | None, dict[str, Any]]:
     """With a Vault address and token: the config secret's AMQP settings put into
-    `effective` (as the reference, they win over flags, environment and file), and the
-    credentials; also the settings Vault gave."""
+    `effective` (as the reference, they win over flags, environment and file), checked as
+    the same flags are, and the credentials; also the settings Vault gave."""
     vault_settings = vault.settings_from(effective)
     if vault_settings is None:
         return None, {}
@@ -401,6 +401,14 @@ def _apply_vault(effective: dict[str, Any]
         given = vault.connect(vault_settings)
     except vault.VaultError as exc:
         raise Error(f"Vault: {exc}", ExitCode.ERROR) from None
+    params = {p.name: p for p in ctx.command.params}
+    vault_key = {setting: key for key, setting in vault.AMQP_SETTING_BY_KEY.items()}
+    for setting, value in given.overrides.items():
+        try:
+            params[setting].type_cast_value(ctx, value)
+        except click.BadParameter as exc:
+            raise Error(f"Vault: the {vault_key[setting]} in {vault_settings.path_config}: "
+                        f"{exc.message}", ExitCode.ERROR) from None
     effective.update(given.overrides)
     return given.credentials, given.overrides
 
