@@ -203,7 +203,8 @@ def tune_kernel_for(netns: str | None) -> None:
     # The reference's help texts stay as they were; what they leave out is said here.
     epilog="--amqp-host also takes the nodes of a cluster, `host[:port],...`, tried in order. "
            "A password given with --amqp-password (a token with --vault-token) is visible in "
-           "`ps`: prefer OWP_AMQP_PASSWORD (OWP_VAULT_TOKEN) or the config file. With a Vault "
+           "`ps` (a warning says so): prefer OWP_AMQP_PASSWORD (OWP_VAULT_TOKEN), the config "
+           "file or Vault's credentials. With a Vault "
            "token, the secrets at the Vault paths override the AMQP settings, and the "
            "credentials' lease is renewed. Every flag can be set as OWP_<FLAG> "
            "(OWP_AMQP_HOST, ...) or in conntrack-event-collector.yml (/etc/owp, /etc/config/owp, $HOME/.owp, .); a flag "
