@@ -155,7 +155,6 @@ def test_yaml_of_the_wrong_shape_is_one_line_naming_the_key_and_exit_2(
     (["--amqp-exchange", ""], {}, ["--amqp-exchange", "empty"]),
     (["--amqp-vhost", ""], {}, ["--amqp-vhost", "empty"]),
     (["--netns", ""], {}, ["--netns", "empty"]),
-    ([], {"OWP_NETNS": ""}, ["OWP_NETNS", "empty"]),
     (["--buffer-size", "9" * 30], {}, ["--buffer-size"]),
     (["--shutdown-timeout", "nan"], {}, ["--shutdown-timeout", "nan"]),
     (["--shutdown-timeout", "inf"], {}, ["--shutdown-timeout", "inf"]),
@@ -175,6 +174,45 @@ def test_bad_value_is_one_line_and_exit_2_even_with_print_config(
     assert (code, out) == (ExitCode.USAGE, "")
     assert_one_line_error(err, *fragments)
     assert "\udcff" not in err and "a\udcffb" not in err
+
+
+@pytest.mark.parametrize("key", ["amqp_port", "events", "buffer_size", "output", "netns",
+                                 "shutdown_timeout", "amqp_exchange"])
+def test_an_empty_environment_variable_is_not_set(capsys: pytest.CaptureFixture[str],
+                                                  key: str) -> None:
+    """As the reference's (viper's default) and click's own: `Environment=OWP_X=` in a unit
+    file means "not set", not "set to nothing"."""
+    code, out, err = run(capsys, "--print-config", env={config.env_name(key): ""})
+    assert code == 0, err
+    lines = {line.split(":", 1)[0]: line for line in out.splitlines()}
+    assert lines[key].endswith("  # default"), lines[key]
+
+
+def test_yaml_nested_too_deep_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    path = tmp_path / "deep.yml"
+    path.write_text("amqp_host: " + "[" * 5000 + "]" * 5000 + "\n")
+    code, _, err = run(capsys, "--print-config", "--config", str(path))
+    assert code == 2
+    assert_one_line_error(err, str(path), "nested too deep")
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev/urandom"])
+def test_a_config_file_that_never_ends_is_one_line_and_exit_2(path: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "conntrack_collector", "--print-config",
+                           "--config", path], capture_output=True, text=True, timeout=20,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, path, "larger than")
+
+
+def test_a_config_file_from_a_pipe_is_read() -> None:
+    """`--config <(vault kv get ...)`: a pipe, not a regular file, is fine."""
+    script = (f'exec "{sys.executable}" -m conntrack_collector --print-config '
+              '--config <(echo "amqp_host: piped")')
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=20, check=False)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["amqp_host"] == "piped"
 
 
 def test_a_long_exchange_name_from_the_file_is_exit_2(capsys: pytest.CaptureFixture[str],

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 CONFIG_FILE_NAME = "conntrack-event-collector.yml"
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes
 ENV_PREFIX = "OWP_"
 # Never logged or printed: only shown as "***".
 SECRET_KEYS = frozenset({"amqp_password", "amqp_key", "vault_token"})
@@ -82,13 +83,20 @@ def load_config_file(path: Path, known_keys: Iterable[str],
     """The file's settings, text or (for `list_keys`) lists of text; keys may be spelled
     `amqp_host` or `amqp-host`; a key set to null is left out (not set)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:  # not only a regular file: `--config <(...)` is a pipe
+            raw = file.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero never ends
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         data = yaml.load(text, Loader=_TextLoader)  # a SafeLoader: safe
+    except RecursionError:
+        raise ConfigError(f"config file {path}: lists or mappings nested too deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -129,12 +137,9 @@ def _kind(value: object) -> str:
 
 
 def env_settings(env: Mapping[str, str], known_keys: Iterable[str]) -> dict[str, str]:
-    """`OWP_AMQP_HOST=x` -> {"amqp_host": "x"}, for the known keys only."""
-    return {
-        key: env[ENV_PREFIX + key.upper()]
-        for key in known_keys
-        if ENV_PREFIX + key.upper() in env
-    }
+    """`OWP_AMQP_HOST=x` -> {"amqp_host": "x"}, for the known keys only. An empty variable
+    is not set, as for the reference (viper's default) and click's own envvar."""
+    return {key: env[env_name(key)] for key in known_keys if env.get(env_name(key))}
 
 
 def env_name(key: str) -> str:
