@@ -166,6 +166,10 @@ def test_yaml_of_the_wrong_shape_is_one_line_naming_the_key_and_exit_2(
     (["--amqp-user", "a\x00b"], {}, ["--amqp-user", "NUL"]),
     (["--amqp-host", "a b"], {}, ["--amqp-host", "bad host"]),
     (["--amqp-host", "a\nb"], {}, ["--amqp-host", "bad host"]),
+    (["--amqp-host", "a:1:2"], {}, ["--amqp-host", "bad host 'a:1:2'"]),  # nor IPv6
+    (["--amqp-host", "[a]:5"], {}, ["--amqp-host", "bad host '[a]:5'"]),  # [] holds IPv6
+    (["--amqp-host", "a..b"], {}, ["--amqp-host", "bad host 'a..b'"]),  # an empty label
+    (["--amqp-host", "x" * 64 + ".net"], {}, ["--amqp-host", "bad host"]),  # label > 63
 ])
 def test_bad_value_is_one_line_and_exit_2_even_with_print_config(
         capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str],
@@ -231,7 +235,8 @@ def test_names_of_exactly_255_bytes_are_accepted(capsys: pytest.CaptureFixture[s
 
 
 def test_an_ipv6_host_literal_still_parses(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "--amqp-host", "[::1]:5673,b", "--amqp-ca", "/nonexistent")
+    code, _, err = run(capsys, "--amqp-host", "[::1]:5673,b,fe80::1,bücher.example,1.2.3.4:1",
+                       "--amqp-ca", "/nonexistent")
     assert code == 2
     assert "cannot read CA certificate /nonexistent" in err  # got past the host list
 
