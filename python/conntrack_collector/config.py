@@ -52,7 +52,8 @@ def find_config_file(env: Mapping[str, str], skipped: list[str] | None = None) -
                 return path
         except OSError as exc:
             if skipped is not None:
-                skipped.append(f"cannot look for {path}: {exc.strerror or exc}; skipped")
+                where = path if path.is_absolute() else f"{path} in the current folder"
+                skipped.append(f"cannot look for {where}: {exc.strerror or exc}; skipped")
     return None
 
 
