@@ -338,3 +338,28 @@ def test_a_bad_value_from_vault_is_one_line_and_exit_1(
                        env={"OWP_VAULT_TOKEN": bao.token})
     assert code == ExitCode.ERROR  # Vault's content, not the command line, is wrong
     assert_one_line_error(err.strip().splitlines()[-1], "Vault: ", *fragments)  # after INFO
+
+
+# --- standard output that cannot be written --------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["--print-config"], ["--help"], ["help"], ["version"]])
+def test_a_full_standard_output_is_one_line_and_exit_1(argv: list[str]) -> None:
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "conntrack_collector", *argv], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert done.returncode == ExitCode.ERROR, done.stderr
+    assert_one_line_error(done.stderr, "cannot write to standard output", "No space left")
+
+
+@pytest.mark.parametrize("argv", [["--print-config"], ["--help"], ["version"]])
+def test_a_reader_that_went_away_is_a_quiet_exit(argv: list[str]) -> None:
+    """`... | head -1`: nobody reads what is left; nothing to report (click's exit 1)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "conntrack_collector", *argv],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (ExitCode.ERROR, "")

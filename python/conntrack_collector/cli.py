@@ -192,6 +192,26 @@ def tune_kernel_for(netns: str | None) -> None:
         raise Error(f"--tune-kernel: {err}", ExitCode.ERROR) from None
 
 
+def write_out(text: str) -> None:
+    """Standard output that cannot be written (a full disk, /dev/full) is one line, exit 1;
+    one nobody reads any more (`| head`) is EPIPE, which click ends quietly, exit 1."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise Error(f"cannot write to standard output: {exc.strerror or exc}",
+                    ExitCode.ERROR) from None
+
+
+def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """-h/--help, as click's own but through write_out."""
+    if value and not ctx.resilient_parsing:
+        write_out(ctx.get_help() + "\n")
+        ctx.exit()
+
+
 # The reference's flags, its help texts and defaults; `string`/`int` as its help showed them.
 @click.group(
     name=PROG,
@@ -224,7 +244,7 @@ def tune_kernel_for(netns: str | None) -> None:
     "--accept-tcp-states", "--ignore-tcp-states"])
 @click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
 @click.rich_config(help_config=click.RichHelpConfiguration(width=100))
-@click.help_option("-h", "--help", help="help for this command")
+@click.help_option("-h", "--help", help="help for this command", callback=_show_help)
 @click.option("--amqp-ca", metavar="string", help="CA certificate")
 @click.option("--amqp-crt", metavar="string", help="RabbitMQ client cert")
 @click.option("--amqp-exchange", metavar="string", type=Text(AMQP_NAME_BYTES, empty=False),
@@ -336,7 +356,7 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
     if options["print_config"]:
         for warning in warnings:  # stdout stays the configuration alone
             click.echo(f"{PROG}: warning: {warning}", err=True)
-        click.echo(shown, nl=False)
+        write_out(shown)
         return ExitCode.OK
     _setup_logging(effective["verbose"])
     for warning in warnings:
@@ -461,7 +481,7 @@ _log_handler: logging.Handler | None = None
 def version() -> None:
     from . import __version__
 
-    click.echo(f"Version {__version__}")
+    write_out(f"Version {__version__}\n")
 
 
 @cli.command(name="help", help="Help about any command")
@@ -472,13 +492,13 @@ def help_(ctx: click.Context, command: str | None) -> None:
     parent = ctx.parent
     assert parent is not None
     if command is None:
-        click.echo(parent.get_help())
+        write_out(parent.get_help() + "\n")
         return
     sub = cli.get_command(parent, command)
     if sub is None:
         raise click.UsageError(f"unknown command {command!r} for help", ctx)
     with sub.context_class(sub, info_name=command, parent=parent) as sub_ctx:
-        click.echo(sub.get_help(sub_ctx))
+        write_out(sub.get_help(sub_ctx) + "\n")
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
