@@ -17,6 +17,7 @@ import yaml
 from conntrack_collector import EventStream, config
 from conntrack_collector.cli import main
 from conntrack_collector.errors import ExitCode
+from netns_util import conntrack_netns, flush_flows, send_udp_flows
 from test_cli import assert_one_line_error, print_config, run
 from vault_util import DevVault, dev_vault
 
@@ -363,3 +364,28 @@ def test_a_reader_that_went_away_is_a_quiet_exit(argv: list[str]) -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (ExitCode.ERROR, "")
+
+
+@pytest.mark.root
+def test_events_to_a_full_standard_output_is_one_line_and_exit_1() -> None:
+    with conntrack_netns("input-full") as netns, open("/dev/full", "wb") as full:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "conntrack_collector", "--output", "stdout", "--netns", netns],
+            stdout=full, stderr=subprocess.PIPE, text=True, cwd="/")
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:  # until it listens
+                if "listening for" in line:
+                    break
+            send_udp_flows(netns, 3)
+            flush_flows(netns)
+            code = process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        rest = process.stderr.read() if process.stderr else ""
+    assert code == ExitCode.ERROR, rest
+    assert_one_line_error(rest.strip().splitlines()[-1], "cannot write events to standard output",
+                          "No space left")
+    assert "Traceback" not in rest and "internal error" not in rest
