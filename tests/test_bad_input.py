@@ -243,10 +243,12 @@ def test_an_ipv6_host_literal_still_parses(capsys: pytest.CaptureFixture[str]) -
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("tune", [[], ["--tune-kernel"]], ids=["", "tune-kernel"])
 @pytest.mark.parametrize("path", ["/etc/passwd", "/tmp", "/proc/self/ns/mnt"])
-def test_a_path_that_is_not_a_network_namespace_is_one_line_and_exit_2(path: str) -> None:
+def test_a_path_that_is_not_a_network_namespace_is_one_line_and_exit_2(
+        path: str, tune: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "conntrack_collector", "--output", "stdout",
-                           "--netns", path], capture_output=True, text=True, timeout=60,
+                           *tune, "--netns", path], capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 2, done.stderr
     assert_one_line_error(done.stderr, path, "not a network namespace")

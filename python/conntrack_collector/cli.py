@@ -189,7 +189,8 @@ def tune_kernel_for(netns: str | None) -> None:
     try:
         tune_kernel(netns)
     except KernelTuningError as err:
-        raise Error(f"--tune-kernel: {err}", ExitCode.ERROR) from None
+        raise Error(f"--tune-kernel: {err}",
+                    ExitCode.USAGE if err.usage else ExitCode.ERROR) from None
 
 
 def write_out(text: str) -> None:
