@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import rich_click as click
 import yaml
 from conntrack_collector import EventStream, config
-from conntrack_collector.cli import main
+from conntrack_collector.cli import cli, main
 from conntrack_collector.errors import ExitCode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from netns_util import conntrack_netns, flush_flows, send_udp_flows
 from test_cli import assert_one_line_error, print_config, run
 from vault_util import DevVault, dev_vault
@@ -302,8 +305,6 @@ def test_poll_rejects_a_timeout_that_is_not_a_finite_non_negative_number(
 def test_empty_argv_strings_never_escape_as_internal_errors(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Every option given the empty string: a usage error or a valid setting, never a crash."""
-    from conntrack_collector.cli import cli
-
     for param in cli.params:
         if param.name in ("help", "print_config") or getattr(param, "is_flag", False):
             continue
@@ -391,3 +392,51 @@ def test_events_to_a_full_standard_output_is_one_line_and_exit_1() -> None:
     assert_one_line_error(rest.strip().splitlines()[-1], "cannot write events to standard output",
                           "No space left")
     assert "Traceback" not in rest and "internal error" not in rest
+
+
+# --- any string for any option: a setting or a usage error, never a crash ------------------
+
+WEIRD = st.one_of(
+    st.text(max_size=40),  # any code point, surrogates (non-UTF-8 bytes of argv) included
+    st.sampled_from(["", " ", "0", "-1", "9" * 40, "1e400", "nan", "-inf", "x:²", "[::1]:٣",
+                     ",", ",,", "[", "]", ":", "a:b:c", "\x00", "\t", "é" * 200]),
+)
+OPTIONS = [p for p in cli.params
+           if p.name not in ("help", "print_config", "config") and not getattr(p, "is_flag", 0)]
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(OPTIONS), value=WEIRD, from_env=st.booleans())
+def test_any_value_of_any_option_is_a_setting_or_a_usage_error(
+        capsys: pytest.CaptureFixture[str], option: click.Parameter, value: str,
+        from_env: bool) -> None:
+    assert option.name is not None
+    if from_env:
+        code = main(["--print-config"], {"HOME": "/nonexistent", config.env_name(option.name): value})
+    else:
+        code = main(["--print-config", f"{option.opts[-1]}={value}"], {"HOME": "/nonexistent"})
+    _, err = capsys.readouterr()
+    assert code in (ExitCode.OK, ExitCode.USAGE), err
+    assert "internal error" not in err and "Traceback" not in err
+    if code == ExitCode.USAGE:
+        assert_one_line_error(err)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from([p.name for p in OPTIONS]),
+       value=st.one_of(WEIRD, st.sampled_from(["[a, b]", "{a: 1}", "[[x]]", "&a x", "*a", "!!int 3",
+                                               "!!binary aGk=", "!!float nan", "|\n  x", "'q'",
+                                               "!!python/none ''", "<<: {a: 1}"])))
+def test_any_yaml_value_of_any_key_is_a_setting_or_a_usage_error(
+        capsys: pytest.CaptureFixture[str], tmp_path_factory: pytest.TempPathFactory, key: str,
+        value: str) -> None:
+    path = tmp_path_factory.mktemp("yaml") / "c.yml"
+    path.write_text(f"{key}: {value}\n", encoding="utf-8", errors="surrogateescape")
+    code = main(["--print-config", "--config", str(path)], {"HOME": "/nonexistent"})
+    _, err = capsys.readouterr()
+    assert code in (ExitCode.OK, ExitCode.USAGE), err
+    assert "internal error" not in err and "Traceback" not in err
+    if code == ExitCode.USAGE:
+        assert_one_line_error(err)
