@@ -22,7 +22,8 @@ pub fn path(netns: &str) -> PathBuf {
 /// Opens a namespace to enter later, from the thread that will work in it.
 pub fn open(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
+        // A/B with A a file (ENOTDIR) is missing just as well.
+        if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) {
             Error::NamespaceNotFound(format!("network namespace not found: {}", path.display()))
         } else {
             Error::os(
@@ -33,8 +34,8 @@ pub fn open(path: &Path) -> Result<File> {
     })
 }
 
-/// Moves the calling thread into the namespace.
-pub fn enter(netns: &File) -> Result<()> {
+/// Moves the calling thread into the namespace opened from `path` (named in errors).
+pub fn enter(netns: &File, path: &Path) -> Result<()> {
     // SAFETY: setns(2) on a descriptor we own, alive for the call.
     if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
         let err = std::io::Error::last_os_error();
@@ -43,7 +44,7 @@ pub fn enter(netns: &File) -> Result<()> {
                 "entering another network namespace needs CAP_SYS_ADMIN: run as root".into(),
             ),
             Some(libc::EINVAL) => {
-                Error::InvalidArgument("the netns path is not a network namespace".into())
+                Error::InvalidArgument(format!("{} is not a network namespace", path.display()))
             }
             _ => Error::os("cannot enter the network namespace", err),
         });
@@ -61,7 +62,7 @@ pub fn run_in<T: Send>(path: Option<&Path>, work: impl FnOnce() -> T + Send) -> 
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                enter(&netns)?;
+                enter(&netns, path)?;
                 Ok(work())
             })
             .join()

@@ -146,9 +146,7 @@ impl EventStream {
 
     /// One event, or None when none arrives within `timeout_s` seconds.
     fn poll(&self, py: Python<'_>, timeout_s: f64) -> PyResult<Option<PyObject>> {
-        let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0))
-            .map_err(|_| PyValueError::new_err("timeout_s must be a finite number of seconds"))?;
-        let deadline = Instant::now() + timeout;
+        let deadline = poll_deadline(timeout_s)?;
         loop {
             py.check_signals()?;
             let slice = deadline
@@ -229,6 +227,22 @@ impl EventStream {
         }
         Ok(())
     }
+}
+
+/// When a `poll(timeout_s)` gives up. ValueError, as `queue.Queue.get`'s, for a negative
+/// timeout, NaN (which `max(0.0)` would quietly make 0), infinity (waiting for ever is what
+/// iterating does) and one so large that the deadline overflows the clock (a panic before).
+fn poll_deadline(timeout_s: f64) -> PyResult<Instant> {
+    let invalid = || {
+        PyValueError::new_err(format!(
+            "timeout_s must be a finite, non-negative number of seconds, got {timeout_s}"
+        ))
+    };
+    if timeout_s.is_nan() || timeout_s < 0.0 {
+        return Err(invalid());
+    }
+    let timeout = Duration::try_from_secs_f64(timeout_s).map_err(|_| invalid())?;
+    Instant::now().checked_add(timeout).ok_or_else(invalid)
 }
 
 fn default_type_names() -> Vec<String> {

@@ -169,8 +169,8 @@ impl Drop for Stream {
 
 /// Runs on the reader thread: enter the namespace, check the kernel, open the socket.
 fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Started)> {
-    if let Some(netns) = netns {
-        netns::enter(&netns)?; // this thread only: the caller's stays where it is
+    if let (Some(netns), Some(path)) = (netns, &options.netns) {
+        netns::enter(&netns, path)?; // this thread only: the caller's stays where it is
     }
     kernel::check_conntrack_present()?;
     EventSocket::probe_ctnetlink()?;

@@ -126,7 +126,8 @@ class EventStream:
         return next(self._native)
 
     def poll(self, timeout_s: float) -> Event | None:
-        """One event, or None if none arrives within `timeout_s` seconds."""
+        """One event, or None if none arrives within `timeout_s` seconds (finite, >= 0;
+        ValueError for a negative one, NaN or infinity: iterate to wait for ever)."""
         return self._native.poll(timeout_s)
 
     def stats(self) -> dict[str, int]:

@@ -54,7 +54,9 @@ class EventStream:
         """Waits for the next event with the GIL released, in slices of 50 ms; raises
         KeyboardInterrupt on Ctrl-C without losing a received event."""
     def poll(self, timeout_s: float) -> Event | None:
-        """One event, or None if none arrives within `timeout_s` seconds."""
+        """One event, or None if none arrives within `timeout_s` seconds. `timeout_s` is a
+        finite number >= 0 (0: do not wait); ValueError for a negative one, NaN, infinity or
+        one the clock cannot add (iterate to wait for ever)."""
     def stats(self) -> dict[str, int]:
         """received, delivered, filtered, filtered_by_fallback, overruns, decode_errors,
         queued, peak_queued, socket_buffer_bytes."""

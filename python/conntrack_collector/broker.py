@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ def parse_hosts(text: str, default_port: int) -> tuple[tuple[str, int], ...]:
         elif item.count(":") == 1:
             host, port_text = item.split(":")
             port = _port(port_text, item)
-        if not host:
+        if not _resolvable(host, bracketed=item.startswith("[")):
             raise BrokerConfigError(f"bad host {item!r}")
         hosts.append((host, port))
     if not hosts:
@@ -60,8 +61,27 @@ def parse_hosts(text: str, default_port: int) -> tuple[tuple[str, int], ...]:
     return tuple(hosts)
 
 
+def _resolvable(host: str, bracketed: bool) -> bool:
+    """Could this name ever be looked up? An IPv6 literal ([..] or bare, with colons), an IPv4
+    one, or a DNS name that IDNA encodes (no empty label, none over 63 bytes, no spaces), as
+    getaddrinfo will need it. A name that fails this fails on every retry."""
+    if bracketed or ":" in host:
+        try:
+            return ipaddress.ip_address(host).version == 6
+        except ValueError:
+            return False
+    if not host or not all(char.isprintable() and not char.isspace() for char in host):
+        return False
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def _port(text: str, item: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise BrokerConfigError(f"bad port in host {item!r}")
     return int(text)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,9 @@ PROG = "conntrack-event-collector"
 EVENT_TYPES = tuple(_native.EVENT_TYPES)
 # Options that are not settings: they cannot come from the file or the environment.
 NOT_SETTINGS = frozenset({"help", "config", "print_config"})
+AMQP_NAME_BYTES = 255  # an exchange or vhost name is an AMQP shortstr
+MAX_SOCKET_BUFFER_BYTES = (1 << 30) - 1  # the most the kernel grants (it doubles the value)
+MAX_SECONDS = 86_400.0  # a timeout of a day or more is a typo
 
 log = logging.getLogger("conntrack_collector")
 
@@ -79,15 +83,86 @@ class FilterList(click.ParamType):  # type: ignore[type-arg]
         return tuple(dict.fromkeys(items))
 
 
+class Text(click.ParamType):  # type: ignore[type-arg]
+    """A string the broker or Vault will read: UTF-8 (a byte that is not, from argv or the
+    environment, could never be sent), no NUL (AMQP PLAIN's separator); an AMQP name (exchange,
+    vhost) is a shortstr, at most 255 bytes, and not empty. The value itself is never echoed:
+    it may be a password."""
+
+    name = "text"
+
+    def __init__(self, max_bytes: int | None = None, empty: bool = True) -> None:
+        self.max_bytes = max_bytes
+        self.empty = empty
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            self.fail("not UTF-8 text", param, ctx)
+        if "\0" in text:
+            self.fail("contains a NUL character", param, ctx)
+        if not text and not self.empty:
+            self.fail("must not be empty", param, ctx)
+        if self.max_bytes is not None and size > self.max_bytes:
+            self.fail(f"{size} bytes long: an AMQP name holds at most {self.max_bytes} bytes",
+                      param, ctx)
+        return text
+
+
+class Hosts(Text):
+    """`host[:port],...`, checked now so that --print-config shows it can work; the run
+    parses it again with the port of --amqp-port."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        text = super().convert(value, param, ctx)
+        try:
+            parse_hosts(text, 1)
+        except BrokerConfigError as exc:
+            self.fail(str(exc), param, ctx)
+        return text
+
+
+class Seconds(click.FloatRange):
+    """A duration: a range, and finite (`nan` passes any range, as no comparison holds)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        seconds: float = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+class Address(Text):
+    """`--metrics-addr`: `HOST:PORT` (empty: no metrics)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        text = super().convert(value, param, ctx)
+        if text:
+            try:
+                parse_address(text)
+            except MetricsAddressError as err:
+                self.fail(str(err), param, ctx)
+        return text
+
+
 def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Eager: runs before the other options, so the file and the environment become their
     defaults (click's default_map) and the command line still wins over both."""
     env: Mapping[str, str] = ctx.obj["env"]
     keys = [p.name for p in ctx.command.params if p.name and p.name not in NOT_SETTINGS]
     path_text = value or env.get(config.env_name("config"))
-    path = Path(path_text) if path_text else config.find_config_file(env)
+    warnings: list[str] = ctx.meta.setdefault("warnings", [])
+    path = Path(path_text) if path_text else config.find_config_file(env, skipped=warnings)
+    list_keys = [p.name for p in ctx.command.params
+                 if p.name and isinstance(p.type, (EventTypes, FieldNames, FilterList))]
     try:
-        from_file = config.load_config_file(path, keys) if path else {}
+        from_file = config.load_config_file(path, keys, list_keys) if path else {}
     except config.ConfigError as exc:
         raise click.UsageError(str(exc), ctx) from None
     from_env = config.env_settings(env, keys)
@@ -107,17 +182,6 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: str | Non
     return value
 
 
-def check_metrics_addr(_ctx: click.Context, _param: click.Parameter,
-                       value: str | None) -> str | None:
-    """Option callback: `HOST:PORT`, from the command line, the environment or the file alike."""
-    if value:
-        try:
-            parse_address(value)
-        except MetricsAddressError as err:
-            raise click.BadParameter(str(err)) from None
-    return value
-
-
 def tune_kernel_for(netns: str | None) -> None:
     """`--tune-kernel`. A namespace that does not exist is left to the stream to report."""
     if netns is not None and not netns_path(netns).exists():
@@ -125,7 +189,28 @@ def tune_kernel_for(netns: str | None) -> None:
     try:
         tune_kernel(netns)
     except KernelTuningError as err:
-        raise Error(f"--tune-kernel: {err}", ExitCode.ERROR) from None
+        raise Error(f"--tune-kernel: {err}",
+                    ExitCode.USAGE if err.usage else ExitCode.ERROR) from None
+
+
+def write_out(text: str) -> None:
+    """Standard output that cannot be written (a full disk, /dev/full) is one line, exit 1;
+    one nobody reads any more (`| head`) is EPIPE, which click ends quietly, exit 1."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise Error(f"cannot write to standard output: {exc.strerror or exc}",
+                    ExitCode.ERROR) from None
+
+
+def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """-h/--help, as click's own but through write_out."""
+    if value and not ctx.resilient_parsing:
+        write_out(ctx.get_help() + "\n")
+        ctx.exit()
 
 
 # The reference's flags, its help texts and defaults; `string`/`int` as its help showed them.
@@ -139,7 +224,8 @@ def tune_kernel_for(netns: str | None) -> None:
     # The reference's help texts stay as they were; what they leave out is said here.
     epilog="--amqp-host also takes the nodes of a cluster, `host[:port],...`, tried in order. "
            "A password given with --amqp-password (a token with --vault-token) is visible in "
-           "`ps`: prefer OWP_AMQP_PASSWORD (OWP_VAULT_TOKEN) or the config file. With a Vault "
+           "`ps` (a warning says so): prefer OWP_AMQP_PASSWORD (OWP_VAULT_TOKEN), the config "
+           "file or Vault's credentials. With a Vault "
            "token, the secrets at the Vault paths override the AMQP settings, and the "
            "credentials' lease is renewed. Every flag can be set as OWP_<FLAG> "
            "(OWP_AMQP_HOST, ...) or in conntrack-event-collector.yml (/etc/owp, /etc/config/owp, $HOME/.owp, .); a flag "
@@ -159,30 +245,32 @@ def tune_kernel_for(netns: str | None) -> None:
     "--accept-tcp-states", "--ignore-tcp-states"])
 @click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
 @click.rich_config(help_config=click.RichHelpConfiguration(width=100))
-@click.help_option("-h", "--help", help="help for this command")
+@click.help_option("-h", "--help", help="help for this command", callback=_show_help)
 @click.option("--amqp-ca", metavar="string", help="CA certificate")
 @click.option("--amqp-crt", metavar="string", help="RabbitMQ client cert")
-@click.option("--amqp-exchange", metavar="string", default="conntrack", help="RabbitMQ Exchange")
-@click.option("--amqp-host", metavar="string", default="localhost",
+@click.option("--amqp-exchange", metavar="string", type=Text(AMQP_NAME_BYTES, empty=False),
+              default="conntrack", help="RabbitMQ Exchange")
+@click.option("--amqp-host", metavar="string", type=Hosts(), default="localhost",
               help="RabbitMQ Host")
 @click.option("--amqp-key", metavar="string", help="RabbitMQ client key")
-@click.option("--amqp-password", metavar="string", default="guest",
+@click.option("--amqp-password", metavar="string", type=Text(), default="guest",
               help="RabbitMQ password")
 @click.option("--amqp-port", metavar="int", type=click.IntRange(1, 65535), default=5672,
               help="RabbitMQ Port")
-@click.option("--amqp-user", metavar="string", default="guest", help="RabbitMQ user")
+@click.option("--amqp-user", metavar="string", type=Text(), default="guest",
+              help="RabbitMQ user")
 @click.option("-v", "--verbose", is_flag=True, default=False, help="Enable verbose")
 @click.option("-n", "--nat-only", is_flag=True, default=False, help="Track nat only")
-@click.option("--vault-addr", metavar="string", default="http://127.0.0.1:8200",
+@click.option("--vault-addr", metavar="string", type=Text(), default="http://127.0.0.1:8200",
               help="Vault address")
-@click.option("--vault-path-config", metavar="string",
+@click.option("--vault-path-config", metavar="string", type=Text(),
               default="secret/owp/conntrack-event-collector",
               help="Vault Config Path for rabbitmq")
-@click.option("--vault-path-creds", metavar="string", default="rabbitmq/creds/owp",
+@click.option("--vault-path-creds", metavar="string", type=Text(), default="rabbitmq/creds/owp",
               help="Vault Credentials Path for rabbitmq")
-@click.option("--vault-token", metavar="string", help="Vault Token")
+@click.option("--vault-token", metavar="string", type=Text(), help="Vault Token")
 # Ours.
-@click.option("--netns", metavar="NAME",
+@click.option("--netns", metavar="NAME", type=Text(empty=False),
               help="Watch this network namespace (a name under /run/netns, or a path); "
                    "the broker connection stays in ours")
 @click.option("--events", type=EventTypes(), default=",".join(_native.DEFAULT_TYPES), metavar="TYPES",
@@ -190,15 +278,17 @@ def tune_kernel_for(netns: str | None) -> None:
 @click.option("--fields", type=FieldNames(), default="", metavar="LIST",
               help="Keys added after ASSURED, comma-separated: timestamps (Start, Stop, "
                    "Duration), state, zone, mark, labels, icmp, status; see docs/cli.md")
-@click.option("--buffer-size", type=click.IntRange(4096), default=_native.DEFAULT_BUFFER_BYTES, metavar="BYTES",
+@click.option("--buffer-size", type=click.IntRange(4096, MAX_SOCKET_BUFFER_BYTES),
+              default=_native.DEFAULT_BUFFER_BYTES, metavar="BYTES",
               help="Netlink socket receive buffer, absorbs bursts before they are read")
 @click.option("--reliable", is_flag=True, default=False,
               help="Ask the kernel for reliable event delivery (NETLINK_BROADCAST_ERROR + "
                    "NETLINK_NO_ENOBUFS): it retries DESTROY events instead of dropping them")
 @click.option("--output", type=click.Choice(["amqp", "stdout"], case_sensitive=False),
               default="amqp", help="Where events go: RabbitMQ, or one JSON object per line")
-@click.option("--amqp-vhost", metavar="string", default="/", help="RabbitMQ virtual host")
-@click.option("--router-id", metavar="string",
+@click.option("--amqp-vhost", metavar="string", type=Text(AMQP_NAME_BYTES, empty=False),
+              default="/", help="RabbitMQ virtual host")
+@click.option("--router-id", metavar="string", type=Text(),
               help="The `router_id` header  [default: SHA-256 of the first up interface's MAC, "
                    "12 hex digits]")
 @click.option("--max-buffer-events", type=click.IntRange(1), default=500_000, metavar="N",
@@ -215,9 +305,9 @@ def tune_kernel_for(netns: str | None) -> None:
               metavar="BYTES",
               help="With --batch-events: a batch's body at most this many bytes, under the "
                    "broker's max_message_size (RabbitMQ 4: 16 MiB)")
-@click.option("--shutdown-timeout", type=click.FloatRange(0), default=10.0, metavar="SECONDS",
+@click.option("--shutdown-timeout", type=Seconds(0, MAX_SECONDS), default=10.0, metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long to wait for outstanding confirms")
-@click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, metavar="SECONDS",
+@click.option("--connect-timeout", type=Seconds(0.1, MAX_SECONDS), default=5.0, metavar="SECONDS",
               help="Per host, for TCP, TLS and AMQP handshakes")
 @click.option("--config", metavar="PATH", is_eager=True, expose_value=True,
               callback=_load_settings,
@@ -248,7 +338,7 @@ def tune_kernel_for(netns: str | None) -> None:
 @click.option("--ignore-tcp-states", type=FilterList("ignore_tcp_states", "STATES"), default=(),
               metavar="STATES", show_default=False,
               help="All TCP events but those in these states")
-@click.option("--metrics-addr", metavar="HOST:PORT", callback=check_metrics_addr,
+@click.option("--metrics-addr", metavar="HOST:PORT", type=Address(),
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (:PORT: every interface)")
 @click.option("--tune-kernel", is_flag=True, default=False,
               help="Set net.netfilter.nf_conntrack_acct, _timestamp and _events to 1 where the "
@@ -263,17 +353,18 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
     if not effective["router_id"]:
         effective["router_id"] = default_router_id()
     shown = _describe(ctx, effective)
+    warnings = [*ctx.meta.get("warnings", ()), *_secrets_warnings(ctx)]
     if options["print_config"]:
-        click.echo(shown, nl=False)
+        for warning in warnings:  # stdout stays the configuration alone
+            click.echo(f"{PROG}: warning: {warning}", err=True)
+        write_out(shown)
         return ExitCode.OK
     _setup_logging(effective["verbose"])
-    for key in config.COMMAND_LINE_SECRETS:
-        if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
-            log.warning("--%s on the command line is visible to every user in `ps`: prefer "
-                        "%s or the config file", key.replace("_", "-"), config.env_name(key))
+    for warning in warnings:
+        log.warning("%s", warning)
     if effective["verbose"]:
         log.info("effective configuration:\n%s", shown.rstrip())
-    credentials, from_vault = _apply_vault(effective)
+    credentials, from_vault = _apply_vault(ctx, effective)
     try:
         hosts = parse_hosts(effective["amqp_host"], effective["amqp_port"])
     except BrokerConfigError as exc:
@@ -320,11 +411,11 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         return run(settings, stats, stream_factory=watching.watch(open_stream))
 
 
-def _apply_vault(effective: dict[str, Any]
+def _apply_vault(ctx: click.Context, effective: dict[str, Any]
                  ) -> tuple[vault.VaultCredentials | None, dict[str, Any]]:
     """With a Vault address and token: the config secret's AMQP settings put into
-    `effective` (as the reference, they win over flags, environment and file), and the
-    credentials; also the settings Vault gave."""
+    `effective` (as the reference, they win over flags, environment and file), checked as
+    the same flags are, and the credentials; also the settings Vault gave."""
     vault_settings = vault.settings_from(effective)
     if vault_settings is None:
         return None, {}
@@ -332,8 +423,24 @@ def _apply_vault(effective: dict[str, Any]
         given = vault.connect(vault_settings)
     except vault.VaultError as exc:
         raise Error(f"Vault: {exc}", ExitCode.ERROR) from None
+    params = {p.name: p for p in ctx.command.params}
+    vault_key = {setting: key for key, setting in vault.AMQP_SETTING_BY_KEY.items()}
+    for setting, value in given.overrides.items():
+        try:
+            params[setting].type_cast_value(ctx, value)
+        except click.BadParameter as exc:
+            raise Error(f"Vault: the {vault_key[setting]} in {vault_settings.path_config}: "
+                        f"{exc.message}", ExitCode.ERROR) from None
     effective.update(given.overrides)
     return given.credentials, given.overrides
+
+
+def _secrets_warnings(ctx: click.Context) -> list[str]:
+    """One line per secret given as a flag (never the secret itself)."""
+    return [f"--{key.replace('_', '-')} on the command line is visible to every user in `ps` "
+            f"and /proc/PID/cmdline: give it as {safe_ways} instead"
+            for key, safe_ways in config.COMMAND_LINE_SECRETS.items()
+            if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE]
 
 
 def _describe(ctx: click.Context, effective: Mapping[str, Any]) -> str:
@@ -375,7 +482,7 @@ _log_handler: logging.Handler | None = None
 def version() -> None:
     from . import __version__
 
-    click.echo(f"Version {__version__}")
+    write_out(f"Version {__version__}\n")
 
 
 @cli.command(name="help", help="Help about any command")
@@ -386,13 +493,13 @@ def help_(ctx: click.Context, command: str | None) -> None:
     parent = ctx.parent
     assert parent is not None
     if command is None:
-        click.echo(parent.get_help())
+        write_out(parent.get_help() + "\n")
         return
     sub = cli.get_command(parent, command)
     if sub is None:
         raise click.UsageError(f"unknown command {command!r} for help", ctx)
     with sub.context_class(sub, info_name=command, parent=parent) as sub_ctx:
-        click.echo(sub.get_help(sub_ctx))
+        write_out(sub.get_help(sub_ctx) + "\n")
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -10,7 +10,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable, Protocol, cast
+from typing import Any, Callable, NoReturn, Protocol, cast
 
 from . import _native
 from .broker import BrokerConfigError, BrokerSettings
@@ -76,7 +76,9 @@ def open_stream(settings: RunSettings) -> Stream:
     except FileNotFoundError as exc:
         raise Error(f"network namespace {settings.netns!r} not found: {exc}",
                     ExitCode.USAGE) from None
-    except (native.ConntrackError, OSError, ValueError) as exc:
+    except ValueError as exc:  # a bad argument: the command line checked all but --netns
+        raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.USAGE) from None
+    except (native.ConntrackError, OSError) as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.ERROR) from None
     return cast(Stream, stream)  # as_json=True: poll gives bytes
 
@@ -140,6 +142,9 @@ def run(settings: RunSettings, stats: CollectorStats,
                 code = _read_into_buffer(stream, buffer, publisher, stop, stats)
             else:
                 code = _read_to_stdout(stream, stop, stats)
+        except OutputError as exc:
+            reader_error = str(exc)
+            code = ExitCode.ERROR
         except Exception as exc:  # noqa: BLE001 - reader failed: deliver what we have, say it
             reader_error = f"reading conntrack events failed: {exc}"
             code = ExitCode.ERROR
@@ -189,15 +194,32 @@ def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> Ex
             except KeyboardInterrupt:
                 stop.event.set()
                 break
-            if event is None:
-                out.flush()  # flush when idle: whole lines, without a syscall per event
-                continue
-            by_type[event_type(event)] += 1
-            out.write(event + b"\n")
-        out.flush()
+            if event is not None:
+                by_type[event_type(event)] += 1
+            try:  # only the writes: the reader's own errors (OSErrors too) are its own
+                if event is None:
+                    out.flush()  # flush when idle: whole lines, without a syscall per event
+                else:
+                    out.write(event + b"\n")
+            except OSError as exc:
+                _output_failed(exc)
+        try:
+            out.flush()
+        except OSError as exc:
+            _output_failed(exc)
     except BrokenPipeError:  # `| head`: the reader of our output is gone, nothing to report
         stop.event.set()
     return ExitCode.OK
+
+
+def _output_failed(exc: OSError) -> NoReturn:
+    if isinstance(exc, BrokenPipeError):
+        raise exc
+    raise OutputError(f"cannot write events to standard output: {exc.strerror or exc}") from None
+
+
+class OutputError(Exception):
+    """--output stdout cannot be written: said as it is, not as a reader failure."""
 
 
 def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorStats) -> None:
@@ -221,7 +243,7 @@ def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorSt
         else:
             try:
                 sys.stdout.buffer.write(event + b"\n")
-            except (BrokenPipeError, ValueError):
+            except (OSError, ValueError):  # `| head`, a full disk: nowhere to put them
                 break
 
 

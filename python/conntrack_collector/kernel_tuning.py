@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class KernelTuningError(Exception):
-    """The namespace to tune cannot be entered at all."""
+    """The namespace to tune cannot be entered at all; `usage`: because it is not one (a
+    bad --netns), rather than for want of a capability."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,12 @@ def tune_kernel(netns: str | None = None, sysctl_dir: Path | None = None) -> lis
         tuned = _native.tune_kernel(netns, sysctl_dir)
     except FileNotFoundError:
         where = netns_path(netns or "")
-        raise KernelTuningError(f"network namespace {where} does not exist") from None
+        raise KernelTuningError(f"network namespace {where} does not exist",
+                                usage=True) from None
     except OSError as err:  # PermissionError: entering needs CAP_SYS_ADMIN
         raise KernelTuningError(f"cannot enter network namespace {netns}: {err}") from None
-    except ValueError as err:
-        raise KernelTuningError(f"{netns}: {err}") from None
+    except ValueError as err:  # "PATH is not a network namespace"
+        raise KernelTuningError(str(err), usage=True) from None
     results = [SysctlResult(*one) for one in tuned]
     place = f" in network namespace {netns}" if netns else ""
     for result in results:

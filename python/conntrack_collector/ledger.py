@@ -157,7 +157,7 @@ class Ledger:
         """Basic.Return (published mandatory, routed to no queue): its ack follows. False for a
         message_id that is not ours or not in flight."""
         prefix, _, seq_text = message_id.rpartition("-")
-        if prefix != self.id_prefix or not seq_text.isdigit():
+        if prefix != self.id_prefix or not (seq_text.isascii() and seq_text.isdigit()):
             return False
         seq = int(seq_text)
         for flight in self._in_flight.values():

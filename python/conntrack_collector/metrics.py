@@ -43,7 +43,7 @@ class MetricsAddressError(ValueError):
 def parse_address(address: str) -> tuple[str, int]:
     """`HOST:PORT`, `[IPv6]:PORT`, or `:PORT` for every interface; port 0 picks a free one."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise MetricsAddressError(f"expected HOST:PORT, got {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

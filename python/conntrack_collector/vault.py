@@ -148,7 +148,7 @@ def amqp_overrides(secret: Mapping[str, Any], path: str) -> dict[str, Any]:
     for setting, (key, value) in found.items():
         if setting == "amqp_port":
             text = str(value).strip()
-            if not text.isdigit() or not 0 < int(text) < 65536:
+            if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
                 raise VaultError(f"the secret at {path}: {key!r} is not a port: {value!r}")
             overrides[setting] = int(text)
         else:
