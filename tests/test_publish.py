@@ -50,6 +50,9 @@ class FakeStream:
             return None
         raise KeyboardInterrupt
 
+    def stop_reading(self) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
 

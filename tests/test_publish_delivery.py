@@ -76,6 +76,9 @@ class ScriptedStream:
         self.confirmed_before_stop = self._stats.confirmed
         raise KeyboardInterrupt
 
+    def stop_reading(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

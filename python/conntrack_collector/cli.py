@@ -283,7 +283,8 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
               help="Netlink socket receive buffer, absorbs bursts before they are read")
 @click.option("--reliable", is_flag=True, default=False,
               help="Ask the kernel for reliable event delivery (NETLINK_BROADCAST_ERROR + "
-                   "NETLINK_NO_ENOBUFS): it retries DESTROY events instead of dropping them")
+                   "NETLINK_NO_ENOBUFS): it retries DESTROY events instead of dropping them; NEW "
+                   "and UPDATE are still dropped (counted) when the buffer is full")
 @click.option("--output", type=click.Choice(["amqp", "stdout"], case_sensitive=False),
               default="amqp", help="Where events go: RabbitMQ, or one JSON object per line")
 @click.option("--amqp-vhost", metavar="string", type=Text(AMQP_NAME_BYTES, empty=False),

@@ -30,6 +30,7 @@ class Stream(Protocol):
     """What we need of conntrack_collector.EventStream (as_json=True)."""
 
     def poll(self, timeout_s: float) -> bytes | None: ...
+    def stop_reading(self) -> None: ...
     def close(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
 
@@ -223,14 +224,17 @@ class OutputError(Exception):
 
 
 def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorStats) -> None:
-    """Take what the reader thread holds, without waiting for anything new. It may still read
-    while we take: we go on until it has nothing, within a bound (traffic does not stop for
-    us); what it still holds at close is counted as discarded (see _finish)."""
+    """Take the rest of the stream: the reader stops reading, takes what the kernel socket
+    still holds (it leaves the event groups first, so that is finite), and ends; we take all it
+    queued. What it still holds at close (only if we fail here) is counted as discarded (see
+    _finish)."""
+    with contextlib.suppress(Exception):  # a failed reader: take what it queued all the same
+        stream.stop_reading()
     try:
         queued = int(stream.stats().get("queued", 0))
     except Exception:  # noqa: BLE001 - shutdown goes on and reports, whatever the reader says
         queued = 0
-    for _ in range(queued + _native.DEFAULT_QUEUE_EVENTS):
+    for _ in range(queued + _native.DEFAULT_QUEUE_EVENTS):  # a bound, should it still read
         try:
             event = stream.poll(0.0)
         except (KeyboardInterrupt, Exception):  # noqa: BLE001 - a failed reader has no more
@@ -276,14 +280,19 @@ def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
     discarded = int(reader_stats.get("queued", 0) or 0)
     if discarded:
         stats.drop(DropReason.DISCARDED_AT_CLOSE, discarded)
-    lost_in_reader = int(reader_stats.get("overruns", 0) or 0)
+    kernel_dropped = int(reader_stats.get("kernel_dropped", 0) or 0)
+    stats.kernel_dropped = max(stats.kernel_dropped, kernel_dropped)
     summary = (f"received {stats.received + discarded} events"
                + (f", delivered {stats.confirmed}" if publisher else "")
                + f", not delivered {stats.dropped}")
     if stats.dropped_by_reason:
         summary += " (" + ", ".join(f"{k}: {v}" for k, v in stats.dropped_by_reason.items()) + ")"
-    if lost_in_reader:
-        summary += f"; the kernel reported {lost_in_reader} overrun(s) (events lost before reading)"
+    if kernel_dropped:
+        summary += (f"; the kernel dropped {kernel_dropped} event(s) before we could read them "
+                    "(socket buffer full" + ("; DESTROYs among them were sent again, NEW and "
+                                              "UPDATE lost)" if settings.reliable else ")"))
+    if reader_stats.get("stop_cut_short"):
+        summary += "; reading what the kernel socket held at stop took too long and was cut short"
     log.info("stopped: %s", summary)
     if publisher is not None and publisher.fatal_error:
         raise Error(publisher.fatal_error, ExitCode.ERROR)
