@@ -238,8 +238,8 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 @click.option_panel("Collector flags", options=[
     "--netns", "--events", "--fields", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
-    "--batch-events", "--batch-bytes", "--shutdown-timeout", "--connect-timeout", "--config",
-    "--print-config"])
+    "--batch-events", "--batch-bytes", "--gap-records", "--shutdown-timeout", "--connect-timeout",
+    "--config", "--print-config"])
 @click.option_panel("Filters (in the kernel)", options=[
     "--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses",
     "--accept-tcp-states", "--ignore-tcp-states"])
@@ -306,6 +306,12 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
               metavar="BYTES",
               help="With --batch-events: a batch's body at most this many bytes, under the "
                    "broker's max_message_size (RabbitMQ 4: 16 MiB)")
+@click.option("--gap-records", is_flag=True, default=False,
+              help="When events are lost (kernel, full buffer, stop), publish a gap record "
+                   "(AMQP type `conntrack.gap`, body {\"Type\": \"GAP\", \"Lost\": N, ...}) "
+                   "where they were; off: consumers of the reference's messages expect events "
+                   "only. Every message has a `sequence` header either way; see "
+                   "docs/completeness.md")
 @click.option("--shutdown-timeout", type=Seconds(0, MAX_SECONDS), default=10.0, metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long to wait for outstanding confirms")
 @click.option("--connect-timeout", type=Seconds(0.1, MAX_SECONDS), default=5.0, metavar="SECONDS",
@@ -401,6 +407,7 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         shutdown_timeout_s=effective["shutdown_timeout"],
         fields=effective["fields"],
         credentials=credentials,
+        gap_records=effective["gap_records"],
     )
     stats = CollectorStats()
     if effective["tune_kernel"]:

@@ -17,12 +17,14 @@ from .broker import BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
 from .credentials import CredentialsProvider
 from .errors import Error, ExitCode
+from .gaps import SHUTDOWN, KernelLossWatch, gap_record, now_ms
 from .publisher import DEFAULT_BATCH_BYTES, Publisher
 from .stats import CollectorStats, DropReason
 
 log = logging.getLogger("conntrack_collector")
 
 POLL_TIMEOUT_S = 0.25  # how soon the loop notices a signal or a failed publisher
+KERNEL_CHECK_EVENTS = 1024  # while events flow, look at the kernel's drops this often
 TYPE_BY_INITIAL = {ord("N"): "NEW", ord("U"): "UPDATE", ord("D"): "DESTROY"}
 
 
@@ -55,6 +57,7 @@ class RunSettings:
     # Accept/ignore rules, compiled to the reader's socket filter (empty: no rule).
     # (EventStream's keyword, e.g. "accept_protocols", its items)
     filter_lists: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    gap_records: bool = False  # publish a gap record (AMQP type conntrack.gap) for lost events
 
 
 def open_stream(settings: RunSettings) -> Stream:
@@ -113,7 +116,8 @@ def run(settings: RunSettings, stats: CollectorStats,
                                   max_in_flight=settings.max_in_flight,
                                   batch_events=settings.batch_events,
                                   batch_bytes=settings.batch_bytes,
-                                  credentials=settings.credentials)
+                                  credentials=settings.credentials,
+                                  gap_records=settings.gap_records)
         except BrokerConfigError as exc:
             raise Error(str(exc), ExitCode.USAGE) from None
 
@@ -137,10 +141,11 @@ def run(settings: RunSettings, stats: CollectorStats,
     log.info("listening for %s events%s, publishing to %s",
              ",".join(settings.types), where, target)
     reader_error = ""
+    kernel = KernelLossWatch(stream.stats)
     try:
         try:
             if publisher:
-                code = _read_into_buffer(stream, buffer, publisher, stop, stats)
+                code = _read_into_buffer(stream, buffer, publisher, stop, stats, kernel)
             else:
                 code = _read_to_stdout(stream, stop, stats)
         except OutputError as exc:
@@ -151,6 +156,8 @@ def run(settings: RunSettings, stats: CollectorStats,
             code = ExitCode.ERROR
         # Events the reader already took from the kernel are ours to deliver or to report.
         _drain_reader(stream, buffer if publisher else None, stats)
+        if publisher:
+            _note_kernel_loss(kernel, buffer, stats)  # the reader's final count
     finally:
         reader_stats = _close(stream)
     code = _finish(code, publisher, buffer, stats, settings, reader_stats)
@@ -165,9 +172,10 @@ def event_type(event: bytes) -> str:
 
 
 def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
-                      stop: StopFlag, stats: CollectorStats) -> ExitCode:
+                      stop: StopFlag, stats: CollectorStats, kernel: KernelLossWatch) -> ExitCode:
     poll, put, stopping = stream.poll, buffer.put, stop.event.is_set
     by_type = stats.received_by_type
+    until_check = KERNEL_CHECK_EVENTS
     while not stopping():
         try:
             event = poll(POLL_TIMEOUT_S)
@@ -175,14 +183,28 @@ def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
             stop.event.set()
             break
         if event is None:
+            _note_kernel_loss(kernel, buffer, stats)
             if publisher.fatal_error or not publisher.alive():
                 return ExitCode.ERROR
             continue
+        until_check -= 1
+        if not until_check:
+            until_check = KERNEL_CHECK_EVENTS
+            _note_kernel_loss(kernel, buffer, stats)
         by_type[event_type(event)] += 1
         put(event)
         if publisher.fatal_error:
             return ExitCode.ERROR
     return ExitCode.OK
+
+
+def _note_kernel_loss(kernel: KernelLossWatch, buffer: EventBuffer,
+                      stats: CollectorStats) -> None:
+    """What the kernel dropped since the last look: a gap in the stream, where we are now."""
+    gap = kernel.check()
+    if gap is not None:
+        buffer.put_gap(gap)
+        stats.kernel_dropped = kernel.dropped
 
 
 def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> ExitCode:
@@ -263,7 +285,12 @@ def _close(stream: Stream) -> dict[str, Any]:
 
 def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
             stats: CollectorStats, settings: RunSettings, reader_stats: dict[str, Any]) -> ExitCode:
+    # Read by the reader thread but never handed to us: close() discards them. Rare (we took
+    # all it had a moment before), but never silent.
+    discarded = int(reader_stats.get("queued", 0) or 0)
     if publisher is not None:
+        buffer.put_gap(gap_record(discarded, SHUTDOWN, now_ms(), now_ms()) if discarded
+                       else None)  # and the gap of events the buffer refused last, if any
         if publisher.fatal_error:
             publisher.stop(0.0)
         else:
@@ -275,9 +302,6 @@ def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
             stats.drop(DropReason.FATAL if publisher.fatal_error else DropReason.SHUTDOWN,
                        undelivered)
         buffer.flush_drop_log()
-    # Read by the reader thread but never handed to us: close() discards them. Rare (we took
-    # all it had a moment before), but never silent.
-    discarded = int(reader_stats.get("queued", 0) or 0)
     if discarded:
         stats.drop(DropReason.DISCARDED_AT_CLOSE, discarded)
     kernel_dropped = int(reader_stats.get("kernel_dropped", 0) or 0)
