@@ -225,20 +225,28 @@ impl EventStream {
         if kernel_dropped > logged.0 && due {
             *logged = (kernel_dropped, Some(Instant::now()));
             drop(logged);
-            // NETLINK_NO_ENOBUFS makes the kernel send DESTROYs again, never NEW or UPDATE.
-            let advice = if self.reliable {
-                "DESTROYs among them are sent again; NEW and UPDATE are lost: use a larger \
-                 buffer (buffer_bytes / --buffer-size) or read faster"
+            // NETLINK_NO_ENOBUFS makes the kernel send DESTROYs again, never NEW or UPDATE;
+            // its counter then counts every failed attempt, retried DESTROYs included.
+            let (what, advice) = if self.reliable {
+                (
+                    "could not queue",
+                    "DESTROYs among them are sent again (so this counts attempts), NEW and \
+                     UPDATE are lost: use a larger buffer (buffer_bytes / --buffer-size) or \
+                     read faster",
+                )
             } else {
-                "use a larger buffer (buffer_bytes / --buffer-size) or read faster \
-                 (reliable=True / --reliable saves DESTROY events only, not NEW or UPDATE)"
+                (
+                    "dropped",
+                    "use a larger buffer (buffer_bytes / --buffer-size) or read faster \
+                     (reliable=True / --reliable saves DESTROY events only, not NEW or UPDATE)",
+                )
             };
             py.import("logging")?
                 .call_method1("getLogger", ("conntrack_collector",))?
                 .call_method1(
                     "warning",
                     (format!(
-                        "the kernel dropped {kernel_dropped} conntrack events so far, its socket \
+                        "the kernel {what} {kernel_dropped} conntrack events so far, its socket \
                          buffer full; {advice}"
                     ),),
                 )?;

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from collector_process import collector_command
 from conntrack_collector import EventStream
-from netns_util import netlink_drops, send_udp_flows
+from netns_util import flush_flows, netlink_drops, send_udp_flows
 
 pytestmark = pytest.mark.root
 
@@ -50,6 +50,22 @@ def test_kernel_dropped_counts_events_not_overruns(netns: str, reliable: bool) -
         assert stats["overruns"] == 0, stats
     else:
         assert 0 < stats["overruns"] < lost // 10, stats
+
+
+def test_reliable_mode_resends_destroys_and_counts_the_failed_attempts(netns: str) -> None:
+    """With reliable delivery every DESTROY of a flush arrives through a tiny buffer; the
+    kernel's counter counts each failed attempt (so, in that mode, an upper bound of loss)."""
+    with EventStream(("NEW",), netns=netns, as_json=True) as stream:
+        send_udp_flows(netns, BURST_FLOWS)  # with a listener: their DESTROYs will be made
+        assert len(read_all(stream, 0.5)) == BURST_FLOWS
+    with EventStream(("DESTROY",), netns=netns, buffer_bytes=TINY_BUFFER_BYTES, queue_events=16,
+                     reliable=True, as_json=True) as stream:
+        flush_flows(netns)
+        time.sleep(0.5)
+        received = len(read_all(stream, 2.0))
+        stats = stream.stats()
+    assert received == BURST_FLOWS, stats
+    assert stats["kernel_dropped"] > 0 and stats["overruns"] == 0, stats
 
 
 def test_stop_reading_takes_what_the_socket_holds(netns: str) -> None:

@@ -141,7 +141,10 @@ def run(settings: RunSettings, stats: CollectorStats,
     log.info("listening for %s events%s, publishing to %s",
              ",".join(settings.types), where, target)
     reader_error = ""
-    kernel = KernelLossWatch(stream.stats)
+    # Reliable mode sends every DESTROY again: with DESTROYs only, the kernel's drops are
+    # retried attempts, not lost events, so they make no gap.
+    destroys_only = settings.reliable and set(settings.types) <= {"DESTROY"}
+    kernel = None if destroys_only else KernelLossWatch(stream.stats)
     try:
         try:
             if publisher:
@@ -172,7 +175,8 @@ def event_type(event: bytes) -> str:
 
 
 def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
-                      stop: StopFlag, stats: CollectorStats, kernel: KernelLossWatch) -> ExitCode:
+                      stop: StopFlag, stats: CollectorStats, kernel: KernelLossWatch | None
+                      ) -> ExitCode:
     poll, put, stopping = stream.poll, buffer.put, stop.event.is_set
     by_type = stats.received_by_type
     until_check = KERNEL_CHECK_EVENTS
@@ -198,13 +202,13 @@ def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
     return ExitCode.OK
 
 
-def _note_kernel_loss(kernel: KernelLossWatch, buffer: EventBuffer,
+def _note_kernel_loss(kernel: KernelLossWatch | None, buffer: EventBuffer,
                       stats: CollectorStats) -> None:
     """What the kernel dropped since the last look: a gap in the stream, where we are now."""
-    gap = kernel.check()
+    gap = kernel.check() if kernel is not None else None
     if gap is not None:
         buffer.put_gap(gap)
-        stats.kernel_dropped = kernel.dropped
+        stats.kernel_dropped = kernel.dropped if kernel is not None else 0
 
 
 def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> ExitCode:
@@ -311,10 +315,14 @@ def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
                + f", not delivered {stats.dropped}")
     if stats.dropped_by_reason:
         summary += " (" + ", ".join(f"{k}: {v}" for k, v in stats.dropped_by_reason.items()) + ")"
-    if kernel_dropped:
+    if kernel_dropped and not settings.reliable:
         summary += (f"; the kernel dropped {kernel_dropped} event(s) before we could read them "
-                    "(socket buffer full" + ("; DESTROYs among them were sent again, NEW and "
-                                              "UPDATE lost)" if settings.reliable else ")"))
+                    "(socket buffer full)")
+    elif kernel_dropped:
+        summary += (f"; the kernel could not queue {kernel_dropped} event(s) at once (socket "
+                    "buffer full; reliable mode: DESTROYs were sent again, "
+                    + ("none lost)" if set(settings.types) <= {"DESTROY"}
+                       else "NEW and UPDATE lost)"))
     if reader_stats.get("stop_cut_short"):
         summary += "; reading what the kernel socket held at stop took too long and was cut short"
     log.info("stopped: %s", summary)
