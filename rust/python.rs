@@ -32,8 +32,8 @@ create_exception!(
 
 /// The longest the GIL is released in one go, so Ctrl-C is seen within this time.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
-/// Overrun warnings are logged at most this often; each one carries the running total.
-const OVERRUN_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// Kernel-drop warnings are logged at most this often; each one carries the running total.
+const DROPS_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl From<Error> for PyErr {
     fn from(error: Error) -> PyErr {
@@ -57,8 +57,9 @@ struct EventStream {
     as_json: bool,
     /// The opt-in fields each event carries after ASSURED.
     fields: Fields,
-    /// The overrun total last logged, and when.
-    overruns_logged: Mutex<(u64, Option<Instant>)>,
+    reliable: bool,
+    /// The kernel_dropped total last logged, and when.
+    drops_logged: Mutex<(u64, Option<Instant>)>,
 }
 
 #[pymethods]
@@ -114,9 +115,10 @@ impl EventStream {
         let stream = py.allow_threads(|| Stream::start(options))?;
         Ok(EventStream {
             stream,
+            reliable,
             as_json,
             fields,
-            overruns_logged: Mutex::new((0, None)),
+            drops_logged: Mutex::new((0, None)),
         })
     }
 
@@ -136,7 +138,7 @@ impl EventStream {
             // returning it, so Ctrl-C cannot throw an event away.
             py.check_signals()?;
             match py.allow_threads(|| self.stream.pop(WAIT_SLICE)) {
-                Pop::Event(event, overruns) => return self.deliver(py, &event, overruns).map(Some),
+                Pop::Event(event, dropped) => return self.deliver(py, &event, dropped).map(Some),
                 Pop::Timeout => continue,
                 Pop::Ended(Some(error)) => return Err(error.into()),
                 Pop::Ended(None) => return Ok(None),
@@ -153,7 +155,7 @@ impl EventStream {
                 .saturating_duration_since(Instant::now())
                 .min(WAIT_SLICE);
             match py.allow_threads(|| self.stream.pop(slice)) {
-                Pop::Event(event, overruns) => return self.deliver(py, &event, overruns).map(Some),
+                Pop::Event(event, dropped) => return self.deliver(py, &event, dropped).map(Some),
                 Pop::Timeout if Instant::now() < deadline => continue,
                 Pop::Timeout | Pop::Ended(None) => return Ok(None),
                 Pop::Ended(Some(error)) => return Err(error.into()),
@@ -170,6 +172,9 @@ impl EventStream {
         dict.set_item("filtered", stats.filtered)?;
         dict.set_item("filtered_by_fallback", stats.filtered_by_fallback)?;
         dict.set_item("overruns", stats.overruns)?;
+        dict.set_item("kernel_dropped", stats.kernel_dropped)?;
+        dict.set_item("read_at_stop", stats.read_at_stop)?;
+        dict.set_item("stop_cut_short", stats.stop_cut_short)?;
         dict.set_item("decode_errors", stats.decode_errors)?;
         dict.set_item("queued", queued)?;
         dict.set_item("peak_queued", stats.peak_queued)?;
@@ -178,6 +183,13 @@ impl EventStream {
             self.stream.started.buffer_bytes_granted,
         )?;
         Ok(dict)
+    }
+
+    /// Stops reading new events: what the socket still holds is read into the stream (the
+    /// reader leaves the event groups first, so that is finite), then the stream ends; poll
+    /// and iteration give the rest without waiting. Returns once the reader has ended.
+    fn stop_reading(&self, py: Python<'_>) {
+        py.allow_threads(|| self.stream.stop_reading());
     }
 
     /// Stops the reader thread and waits for it; events still queued are discarded.
@@ -197,31 +209,45 @@ impl EventStream {
 }
 
 impl EventStream {
-    fn deliver(&self, py: Python<'_>, event: &Event, overruns: u64) -> PyResult<PyObject> {
-        if overruns > 0 {
-            self.log_overruns(py, overruns)?;
+    fn deliver(&self, py: Python<'_>, event: &Event, kernel_dropped: u64) -> PyResult<PyObject> {
+        if kernel_dropped > 0 {
+            self.log_kernel_drops(py, kernel_dropped)?;
         }
         to_python(py, event, self.as_json, self.fields)
     }
 
-    fn log_overruns(&self, py: Python<'_>, overruns: u64) -> PyResult<()> {
+    fn log_kernel_drops(&self, py: Python<'_>, kernel_dropped: u64) -> PyResult<()> {
         let mut logged = self
-            .overruns_logged
+            .drops_logged
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let due = logged
-            .1
-            .is_none_or(|at| at.elapsed() >= OVERRUN_LOG_INTERVAL);
-        if overruns > logged.0 && due {
-            *logged = (overruns, Some(Instant::now()));
+        let due = logged.1.is_none_or(|at| at.elapsed() >= DROPS_LOG_INTERVAL);
+        if kernel_dropped > logged.0 && due {
+            *logged = (kernel_dropped, Some(Instant::now()));
             drop(logged);
+            // NETLINK_NO_ENOBUFS makes the kernel send DESTROYs again, never NEW or UPDATE;
+            // its counter then counts every failed attempt, retried DESTROYs included.
+            let (what, advice) = if self.reliable {
+                (
+                    "could not queue",
+                    "DESTROYs among them are sent again (so this counts attempts), NEW and \
+                     UPDATE are lost: use a larger buffer (buffer_bytes / --buffer-size) or \
+                     read faster",
+                )
+            } else {
+                (
+                    "dropped",
+                    "use a larger buffer (buffer_bytes / --buffer-size) or read faster \
+                     (reliable=True / --reliable saves DESTROY events only, not NEW or UPDATE)",
+                )
+            };
             py.import("logging")?
                 .call_method1("getLogger", ("conntrack_collector",))?
                 .call_method1(
                     "warning",
                     (format!(
-                        "the kernel dropped conntrack events: socket overrun (ENOBUFS) {overruns} \
-                         times so far; use reliable=True / --reliable, a larger buffer, or read faster"
+                        "the kernel {what} {kernel_dropped} conntrack events so far, its socket \
+                         buffer full; {advice}"
                     ),),
                 )?;
         }

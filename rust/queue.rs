@@ -23,8 +23,18 @@ pub struct Stats {
     /// Events the socket filter let through and its Rust fallback left out. (What the
     /// kernel's filter dropped is never seen, so never counted.)
     pub filtered_by_fallback: u64,
-    /// Times the socket reported ENOBUFS: the kernel dropped events.
+    /// Times the socket reported ENOBUFS (once per overrun, however many events it cost;
+    /// never in reliable mode).
     pub overruns: u64,
+    /// Events the kernel could not queue on our socket because its buffer was full (the
+    /// socket's drops counter), in both modes. In reliable mode the DESTROYs among them are
+    /// sent again later, so there it is an upper bound of what was lost.
+    pub kernel_dropped: u64,
+    /// Events read from the socket after `stop_reading` (what it still held), all queued.
+    pub read_at_stop: u64,
+    /// 1 when reading what the socket held at stop took too long and was cut short (what
+    /// was left is lost, uncounted: the log says so).
+    pub stop_cut_short: u64,
     /// Messages that could not be decoded, skipped.
     pub decode_errors: u64,
     /// Events handed to the consumer.
@@ -34,7 +44,7 @@ pub struct Stats {
 }
 
 pub enum Pop {
-    /// An event, and the overrun total so far (so the consumer can report growth).
+    /// An event, and the kernel_dropped total so far (so the consumer can report growth).
     Event(Event, u64),
     Timeout,
     /// The reader has stopped and the queue is empty; `Some` the first time it failed.
@@ -53,6 +63,9 @@ pub struct Queue {
     state: Mutex<State>,
     not_empty: Condvar,
     not_full: Condvar,
+    /// Set at stop: the reader pushes what the socket still holds without waiting for room,
+    /// as nobody may be taking events while it does (the socket's buffer bounds it).
+    unbounded: AtomicBool,
 }
 
 impl Queue {
@@ -67,6 +80,7 @@ impl Queue {
             }),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
+            unbounded: AtomicBool::new(false),
         }
     }
 
@@ -81,7 +95,7 @@ impl Queue {
     /// while waiting.
     pub fn push(&self, event: Event, stop: &AtomicBool) -> bool {
         let mut state = self.lock();
-        while state.events.len() >= self.capacity {
+        while state.events.len() >= self.capacity && !self.unbounded.load(Ordering::Relaxed) {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
@@ -112,14 +126,14 @@ impl Queue {
         loop {
             if let Some(event) = state.events.pop_front() {
                 state.stats.delivered += 1;
-                let overruns = state.stats.overruns;
+                let kernel_dropped = state.stats.kernel_dropped;
                 // The reader waits only on a full queue: wake it only when this made room.
                 let was_full = state.events.len() + 1 == self.capacity;
                 drop(state);
                 if was_full {
                     self.not_full.notify_one();
                 }
-                return Pop::Event(event, overruns);
+                return Pop::Event(event, kernel_dropped);
             }
             if state.ended {
                 return Pop::Ended(state.failure.take());
@@ -134,6 +148,13 @@ impl Queue {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
+    }
+
+    /// From now on `push` never waits for room; a pusher waiting now goes on.
+    pub fn lift_bound(&self) {
+        self.unbounded.store(true, Ordering::Relaxed);
+        let _guard = self.lock(); // a pusher between its check and its wait sees the flag
+        self.not_full.notify_all();
     }
 
     pub fn count(&self, update: impl FnOnce(&mut Stats)) {
@@ -203,6 +224,26 @@ mod tests {
     }
 
     #[test]
+    fn lifting_the_bound_releases_a_blocked_pusher_and_keeps_its_event() {
+        let queue = Arc::new(Queue::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        assert!(queue.push(sample_event(1), &stop));
+        let pusher = {
+            let (queue, stop) = (Arc::clone(&queue), Arc::clone(&stop));
+            std::thread::spawn(move || queue.push(sample_event(2), &stop))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !pusher.is_finished(),
+            "push returned although the queue is full"
+        );
+        queue.lift_bound();
+        assert!(pusher.join().expect("pusher"));
+        assert!(queue.push(sample_event(3), &stop), "no bound any more");
+        assert_eq!(queue.stats().1, 3);
+    }
+
+    #[test]
     fn queue_pop_makes_room_for_a_blocked_pusher() {
         let queue = Arc::new(Queue::new(1));
         let stop = Arc::new(AtomicBool::new(false));
@@ -231,7 +272,7 @@ mod tests {
         for id in 1..=5 {
             assert!(queue.push(sample_event(id), &stop));
         }
-        queue.count(|s| s.overruns += 3);
+        queue.count(|s| s.kernel_dropped += 3);
         queue.count(|s| s.decode_errors += 1);
 
         let started = Instant::now();
@@ -243,9 +284,9 @@ mod tests {
         // What was queued before the end is still delivered, in order.
         for id in 2..=5 {
             match queue.pop(Duration::from_secs(1)) {
-                Pop::Event(event, overruns) => {
+                Pop::Event(event, kernel_dropped) => {
                     assert_eq!(event.id, id);
-                    assert_eq!(overruns, 3);
+                    assert_eq!(kernel_dropped, 3);
                 }
                 _ => panic!("expected event {id}"),
             }
@@ -265,7 +306,7 @@ mod tests {
         assert_eq!(stats.received, 5);
         assert_eq!(stats.delivered, 5);
         assert_eq!(stats.peak_queued, 5);
-        assert_eq!(stats.overruns, 3);
+        assert_eq!(stats.kernel_dropped, 3);
         assert_eq!(stats.decode_errors, 1);
     }
 

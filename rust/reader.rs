@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::decode::{self, Skip};
 use crate::error::{Error, Result};
@@ -27,6 +27,12 @@ const RECV_SLICE: Duration = Duration::from_millis(50);
 const DATAGRAM_BYTES: usize = 16 * 1024;
 /// Datagrams taken per system call in a burst.
 const BATCH_DATAGRAMS: usize = 32;
+/// During a burst the socket's drops counter is read this often (also on every ENOBUFS,
+/// when idle, and at the end): so `stats()` is at most about this old while reading.
+const DROPS_READ_INTERVAL: Duration = Duration::from_millis(100);
+/// At stop, reading what the socket still holds ends after this long at the most (it is
+/// bounded anyway once we have left the groups; this is for a kernel that refused that).
+const STOP_READ_LIMIT: Duration = Duration::from_secs(5);
 
 /// The defaults, defined here once; the Python API and the command read them from the
 /// native module.
@@ -78,6 +84,8 @@ pub struct Started {
 pub struct Stream {
     queue: Arc<Queue>,
     stop: Arc<AtomicBool>,
+    /// Set by `stop_reading`: read what the socket holds, then end.
+    draining: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub started: Started,
 }
@@ -92,10 +100,12 @@ impl Stream {
         let netns = options.netns.as_deref().map(netns::open).transpose()?;
         let queue = Arc::new(Queue::new(options.queue_events));
         let stop = Arc::new(AtomicBool::new(false));
+        let draining = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
             let queue = Arc::clone(&queue);
             let stop = Arc::clone(&stop);
+            let draining = Arc::clone(&draining);
             std::thread::Builder::new()
                 .name("conntrack-reader".into())
                 .spawn(move || {
@@ -105,7 +115,11 @@ impl Stream {
                         match subscribe(&options, netns) {
                             Ok((socket, started)) => {
                                 let _ = ready_tx.send(Ok(started));
-                                read_loop(&socket, &options, &queue, &stop).err()
+                                let flags = Flags {
+                                    stop: &stop,
+                                    draining: &draining,
+                                };
+                                read_loop(&socket, &options, &queue, flags).err()
                             }
                             Err(e) => {
                                 let _ = ready_tx.send(Err(e));
@@ -131,6 +145,7 @@ impl Stream {
         let mut stream = Stream {
             queue,
             stop,
+            draining,
             thread: Mutex::new(Some(thread)),
             started: Started::default(),
         };
@@ -147,9 +162,23 @@ impl Stream {
         self.queue.stats()
     }
 
-    /// Stops the reader thread and waits for it (at most about one receive slice).
+    /// Stops reading new events: the reader leaves the event groups, reads what the socket
+    /// still holds into the queue (never waiting for room: nobody may be taking events), then
+    /// ends. Returns once it has; the queue then holds the rest of the stream.
+    pub fn stop_reading(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.queue.lift_bound();
+        self.join();
+    }
+
+    /// Stops the reader thread and waits for it (at most about one receive slice); what the
+    /// socket still holds is not read.
     pub fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.join();
+    }
+
+    fn join(&self) {
         let handle = self
             .thread
             .lock()
@@ -216,36 +245,134 @@ fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Sta
     Ok((socket, started))
 }
 
-fn read_loop(
+/// What the consumer asks of the reader thread.
+#[derive(Clone, Copy)]
+struct Flags<'a> {
+    /// End now.
+    stop: &'a AtomicBool,
+    /// Read what the socket holds, then end.
+    draining: &'a AtomicBool,
+}
+
+fn read_loop(socket: &EventSocket, options: &Options, queue: &Queue, flags: Flags) -> Result<()> {
+    let mut slots = vec![0u8; BATCH_DATAGRAMS * DATAGRAM_BYTES];
+    let mut lengths = [None; BATCH_DATAGRAMS];
+    let mut drops = DropsCounter::new(socket);
+    let reading = || !flags.stop.load(Ordering::Relaxed) && !flags.draining.load(Ordering::Relaxed);
+    while reading() {
+        let count = match socket.recv_batch(&mut slots, DATAGRAM_BYTES, &mut lengths, true) {
+            Ok(Received::Datagrams(count)) => count,
+            Ok(Received::Timeout) => {
+                drops.read(socket, queue);
+                continue;
+            }
+            Ok(Received::Overrun) => {
+                queue.count(|s| s.overruns += 1);
+                drops.read(socket, queue);
+                continue;
+            }
+            Err(e) => {
+                drops.read(socket, queue);
+                return Err(Error::os("reading conntrack events failed", e));
+            }
+        };
+        if drops.due() {
+            drops.read(socket, queue);
+        }
+        if !handle_batch(&slots, &lengths[..count], options, queue, flags.stop) {
+            break;
+        }
+    }
+    if flags.draining.load(Ordering::Relaxed) && !flags.stop.load(Ordering::Relaxed) {
+        read_rest(socket, options, queue, flags.stop, &mut slots, &mut lengths);
+    }
+    drops.read(socket, queue);
+    Ok(())
+}
+
+/// At stop: leave the groups, so nothing more is queued for us, then read what the socket
+/// holds until it is empty, without waiting (bounded by STOP_READ_LIMIT all the same).
+fn read_rest(
     socket: &EventSocket,
     options: &Options,
     queue: &Queue,
     stop: &AtomicBool,
-) -> Result<()> {
-    let mut slots = vec![0u8; BATCH_DATAGRAMS * DATAGRAM_BYTES];
-    let mut lengths = [None; BATCH_DATAGRAMS];
+    slots: &mut [u8],
+    lengths: &mut [Option<usize>],
+) {
+    let groups: Vec<u32> = options.types.iter().map(|t| t.multicast_group()).collect();
+    let _ = socket.leave(&groups); // if refused, the time limit bounds the reading
+    let received_before = queue.stats().0.received;
+    let deadline = Instant::now() + STOP_READ_LIMIT;
     while !stop.load(Ordering::Relaxed) {
-        let count = match socket.recv_batch(&mut slots, DATAGRAM_BYTES, &mut lengths) {
-            Ok(Received::Datagrams(count)) => count,
-            Ok(Received::Timeout) => continue,
-            Ok(Received::Overrun) => {
-                queue.count(|s| s.overruns += 1);
-                continue;
+        if Instant::now() >= deadline {
+            queue.count(|s| s.stop_cut_short = 1);
+            break;
+        }
+        match socket.recv_batch(slots, DATAGRAM_BYTES, lengths, false) {
+            Ok(Received::Datagrams(count)) => {
+                if !handle_batch(slots, &lengths[..count], options, queue, stop) {
+                    break;
+                }
             }
-            Err(e) => return Err(Error::os("reading conntrack events failed", e)),
-        };
-        let timestamp_ms = now_ms();
-        for (slot, length) in slots.chunks(DATAGRAM_BYTES).zip(lengths).take(count) {
-            let Some(datagram) = length.and_then(|length| slot.get(..length)) else {
-                queue.count(|s| s.decode_errors += 1); // larger than a slot: cut short
-                continue;
-            };
-            if !handle_datagram(datagram, timestamp_ms, options, queue, stop) {
-                return Ok(());
-            }
+            Ok(Received::Overrun) => queue.count(|s| s.overruns += 1),
+            Ok(Received::Timeout) | Err(_) => break, // empty (EAGAIN), or nothing more to get
         }
     }
-    Ok(())
+    let read = queue.stats().0.received - received_before;
+    queue.count(|s| s.read_at_stop += read);
+}
+
+/// The socket's drops counter (a u32 that wraps) summed into `kernel_dropped`.
+struct DropsCounter {
+    last: Option<u32>,
+    read_at: Instant,
+}
+
+impl DropsCounter {
+    fn new(socket: &EventSocket) -> Self {
+        DropsCounter {
+            last: socket.drops(),
+            read_at: Instant::now(),
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.read_at.elapsed() >= DROPS_READ_INTERVAL
+    }
+
+    fn read(&mut self, socket: &EventSocket, queue: &Queue) {
+        self.read_at = Instant::now();
+        let (Some(last), Some(now)) = (self.last, socket.drops()) else {
+            return;
+        };
+        self.last = Some(now);
+        let dropped = u64::from(now.wrapping_sub(last));
+        if dropped > 0 {
+            queue.count(|s| s.kernel_dropped += dropped);
+        }
+    }
+}
+
+/// The datagrams of one `recv_batch`; false when stopped while waiting for room.
+fn handle_batch(
+    slots: &[u8],
+    lengths: &[Option<usize>],
+    options: &Options,
+    queue: &Queue,
+    stop: &AtomicBool,
+) -> bool {
+    let timestamp_ms = now_ms();
+    for (slot, length) in slots.chunks(DATAGRAM_BYTES).zip(lengths) {
+        let Some(datagram) = length.and_then(|length| slot.get(..length)) else {
+            queue.count(|s| s.decode_errors += 1); // larger than a slot: cut short
+            continue;
+        };
+        if !handle_datagram(datagram, timestamp_ms, options, queue, stop) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Decodes, filters and queues one datagram's events; false when stopped while waiting.

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 const NETLINK_NETFILTER: libc::c_int = 12;
 const SOL_NETLINK: libc::c_int = 270;
 const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+const NETLINK_DROP_MEMBERSHIP: libc::c_int = 2;
 const NETLINK_BROADCAST_ERROR: libc::c_int = 4;
 const NETLINK_NO_ENOBUFS: libc::c_int = 5;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -19,6 +20,10 @@ const NLM_F_ACK: u16 = 4;
 const NLMSG_ERROR: u16 = 2;
 // The same on every architecture we build for (not on sparc, whose value is different).
 const SO_ATTACH_FILTER: libc::c_int = 26;
+// getsockopt(SO_MEMINFO) fills u32 counters; the drops counter is index 8
+// (SK_MEMINFO_DROPS, since Linux 4.6). Same value on every architecture we build for.
+const SO_MEMINFO: libc::c_int = 55;
+const SK_MEMINFO_DROPS: usize = 8;
 
 /// What one `recv` gave.
 pub enum Received {
@@ -81,7 +86,7 @@ impl EventSocket {
         let mut reply = [0u8; 4096];
         let mut length = [None];
         for _ in 0..4 {
-            let Ok(Received::Datagrams(1)) = socket.recv_batch(&mut reply, 4096, &mut length)
+            let Ok(Received::Datagrams(1)) = socket.recv_batch(&mut reply, 4096, &mut length, true)
             else {
                 return Ok(());
             };
@@ -185,6 +190,37 @@ impl EventSocket {
         self.set_int(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
     }
 
+    /// Leaves the multicast groups: the kernel queues nothing more for us, so what the
+    /// buffer holds from now on is finite and can be read to the end (at stop).
+    pub fn leave(&self, groups: &[u32]) -> io::Result<()> {
+        for &group in groups {
+            self.set_int(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, group as libc::c_int)?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's count of messages it could not queue on this socket (its buffer was
+    /// full), in both modes: ENOBUFS is reported once per overrun, NETLINK_NO_ENOBUFS
+    /// reports nothing, this counts every one. A u32 that wraps; `None` on a kernel too old
+    /// to say (before 4.6).
+    pub fn drops(&self) -> Option<u32> {
+        let mut values = [0u32; SK_MEMINFO_DROPS + 1];
+        let mut len = size_of::<[u32; SK_MEMINFO_DROPS + 1]>() as libc::socklen_t;
+        // SAFETY: the pointers describe `values` and `len`, alive for the call; the kernel
+        // writes at most `len` bytes and says how many.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_MEMINFO,
+                values.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let complete = len as usize >= size_of::<[u32; SK_MEMINFO_DROPS + 1]>();
+        (rc == 0 && complete).then_some(values[SK_MEMINFO_DROPS])
+    }
+
     /// Attaches a classic BPF socket filter: the kernel runs it on every message before
     /// queueing it, and drops those it returns 0 for. The kernel checks the program here.
     pub fn attach_filter(&self, program: &[crate::filter::Instruction]) -> io::Result<()> {
@@ -221,13 +257,19 @@ impl EventSocket {
     /// Receives up to `lengths.len()` datagrams in one system call (a burst costs one call
     /// per batch, not per event): datagram `i` lands in `slots.chunks(slot_bytes)[i]` and its
     /// length in `lengths[i]` (`None` when it did not fit its slot). Waits, within the receive
-    /// timeout, only for the first.
+    /// timeout, only for the first; with `wait` false, not at all (Timeout: the buffer is empty).
     pub fn recv_batch(
         &self,
         slots: &mut [u8],
         slot_bytes: usize,
         lengths: &mut [Option<usize>],
+        wait: bool,
     ) -> io::Result<Received> {
+        let flags = if wait {
+            libc::MSG_WAITFORONE
+        } else {
+            libc::MSG_DONTWAIT
+        };
         let mut iovecs: Vec<libc::iovec> = slots
             .chunks_mut(slot_bytes)
             .take(lengths.len())
@@ -253,7 +295,7 @@ impl EventSocket {
                     self.fd.as_raw_fd(),
                     headers.as_mut_ptr(),
                     headers.len() as _,
-                    libc::MSG_WAITFORONE as _,
+                    flags as _,
                     std::ptr::null_mut(),
                 )
             };

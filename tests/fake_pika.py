@@ -60,6 +60,7 @@ class Published:
     events: int
     type: str | None = None
     returned: bool = False  # the broker returned it (no queue): acked, but not delivered
+    sequence: int | None = None  # the header: its first event's number
 
 
 @dataclass
@@ -95,7 +96,8 @@ class FakeChannel:
         self.last_tag += 1
         events = properties.headers.get("events", 1)
         self.unconfirmed[self.last_tag] = Published(self.last_tag, properties.message_id, body,
-                                                    events, properties.type)
+                                                    events, properties.type,
+                                                    sequence=properties.headers.get("sequence"))
         self.connection.published.append(self.unconfirmed[self.last_tag])
 
 

@@ -85,3 +85,12 @@ def wait_for_listeners(netns: str, count: int, timeout_s: float = 20.0) -> None:
             raise AssertionError(f"fewer than {count} conntrack event listeners in {netns} "
                                  f"after {timeout_s} s")
         time.sleep(0.05)
+
+
+def netlink_drops(netns: str) -> int:
+    """The kernel's Drops column of the event listeners in `netns` (/proc/net/netlink): what it
+    could not queue on them, read independently of the socket's owner."""
+    rows = [line.split() for line in run("ip", "netns", "exec", netns, "cat",
+                                          "/proc/net/netlink").splitlines()[1:]]
+    return sum(int(row[8]) for row in rows
+               if len(row) > 8 and row[1] == "12" and int(row[3], 16) != 0)

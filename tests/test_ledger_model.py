@@ -36,6 +36,12 @@ class LedgerModel(RuleBasedStateMachine):
         message = self.ledger.new_message(events)
         self._sent(message, again=False)
 
+    @rule(n=st.integers(1, 3))
+    def lose(self, n: int) -> None:
+        """n events lost before the ledger saw them: their numbers are skipped."""
+        self.next_event += n
+        self.ledger.skip(n)
+
     @rule()
     def send_again(self) -> None:
         message = self.ledger.next_awaiting()
@@ -127,6 +133,14 @@ class LedgerModel(RuleBasedStateMachine):
         places = in_flight + awaiting + self.confirmed
         assert len(places) == len(set(places)), "an event in two places"
         assert set(places) == self.accepted, "an event lost"
+
+    @invariant()
+    def each_message_is_numbered_by_its_first_event(self) -> None:
+        """`sequence` (Message.first) is its first event's number, whatever happened to it:
+        published again, split, its channel lost (event eK is number K + 1)."""
+        messages = [m for _tag, m in self.ledger.in_flight_messages()]
+        for message in messages + self.ledger.awaiting_messages():
+            assert message.first == int(message.events[0][1:]) + 1
 
     @invariant()
     def the_book_is_the_models(self) -> None:

@@ -66,7 +66,8 @@ def test_exports_every_counter_from_the_stats_object() -> None:
     stats.publish_buffer_events, stats.publish_buffer_bytes, delivery.in_flight_events = 0, 0, 1
     stats.connection_state, stats.connections = "connected", 3
     delivery.confirm_latency_s_sum, delivery.confirm_latency_count = 0.5, 4
-    stream = {"received": 13, "overruns": 4, "decode_errors": 1, "queued": 1}
+    stream = {"received": 13, "overruns": 4, "kernel_dropped": 292, "decode_errors": 1,
+              "queued": 1}
 
     server = serve_metrics("127.0.0.1:0", stats, lambda: stream)
     try:
@@ -85,6 +86,7 @@ def test_exports_every_counter_from_the_stats_object() -> None:
     assert value(samples, "events_dropped_total", reason="buffer_full") == 2
     assert value(samples, "events_dropped_total", reason="shutdown") == 0
     assert value(samples, "netlink_overruns_total") == 4
+    assert value(samples, "kernel_dropped_events_total") == 292
     assert value(samples, "decode_errors_total") == 1
     assert value(samples, "stream_received_total") == 13
     assert value(samples, "stream_queued_events") == 1
@@ -210,6 +212,7 @@ def test_numbers_add_up_while_events_flow() -> None:
     assert value(final, "in_flight_events") == 0
     assert total(final, "events_dropped_total") == 0
     assert value(final, "netlink_overruns_total") == 0
+    assert value(final, "kernel_dropped_events_total") == 0
     assert value(final, "decode_errors_total") == 0
     assert value(final, "broker_connected") == 1
     assert value(final, "broker_connections_total") == 1

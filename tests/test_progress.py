@@ -16,13 +16,14 @@ def test_summary_line_has_rates_buffer_and_drops() -> None:
     earlier = Snapshot(at_s=10.0, received=100, published=90, republished=0, confirmed=80)
     now = Snapshot(at_s=12.0, received=300, published=290, republished=3, confirmed=280,
                    dropped_by_reason={"buffer_full": 4, "shutdown": 0}, publish_buffer_events=6,
-                   publish_buffer_bytes=3000, in_flight_events=10, overruns=2, decode_errors=1,
+                   publish_buffer_bytes=3000, in_flight_events=10, overruns=2, kernel_dropped=292,
+                   decode_errors=1,
                    connection_state="connected")
 
     assert summary_line(earlier, now) == (
         "received=300 (100.0/s) confirmed=280 (100.0/s) published=290 republished=3"
         " buffer=6 events/3000 bytes in_flight=10 dropped=4 (buffer_full:4)"
-        " overruns=2 decode_errors=1 broker=connected"
+        " overruns=2 kernel_dropped=292 decode_errors=1 broker=connected"
     )
 
 

@@ -50,6 +50,9 @@ class FakeStream:
             return None
         raise KeyboardInterrupt
 
+    def stop_reading(self) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
 
@@ -134,10 +137,15 @@ def test_every_event_is_published_once_with_the_contract_properties(
     assert sorted(m.body for m in messages) == sorted(event(i) for i in range(count))
     ids = {m.properties.message_id for m in messages}
     assert len(ids) == count
+    # `sequence`: each event's number in the order received, 1 up, no hole.
+    assert sorted(m.properties.headers["sequence"] for m in messages) == list(range(1, count + 1))
+    by_sequence = {m.properties.headers["sequence"]: m.body for m in messages}
+    assert [by_sequence[n + 1] for n in range(count)] == [event(i) for i in range(count)]
     for m in messages[:10]:
         assert m.properties.delivery_mode == 2
         assert m.properties.content_type == "application/json"
-        assert m.properties.headers == {"router_id": "r0uter0id000"}
+        assert m.properties.headers == {"router_id": "r0uter0id000",
+                                        "sequence": m.properties.headers["sequence"]}
         assert abs(m.properties.timestamp - time.time()) < 60
     assert stats.confirmed == stats.published == count
     assert stats.received_by_type == {"NEW": count // 2, "UPDATE": 0, "DESTROY": count // 2}
@@ -153,12 +161,17 @@ def test_batching_puts_many_events_in_one_json_array(exchange_and_queue: tuple[s
     messages = consume(queue, 1, idle_s=1.0)
     assert len(messages) < count / 10
     events: list[dict[str, Any]] = []
+    numbers: list[int] = []
     for m in messages:
         assert m.properties.type == BATCH_TYPE
         assert m.properties.content_type == "application/json"
         batch = json.loads(m.body)
-        assert m.properties.headers == {"router_id": "r0uter0id000", "events": len(batch)}
+        first = m.properties.headers["sequence"]
+        assert m.properties.headers == {"router_id": "r0uter0id000", "events": len(batch),
+                                        "sequence": first}
+        numbers.extend(range(first, first + len(batch)))
         events.extend(batch)
+    assert sorted(numbers) == list(range(1, count + 1))  # batches' numbers: contiguous
     assert sorted((e["Type"], e["Id"]) for e in events) == sorted(
         (json.loads(event(i))["Type"], json.loads(event(i))["Id"]) for i in range(count))
     assert stats.confirmed == count

@@ -76,6 +76,9 @@ class ScriptedStream:
         self.confirmed_before_stop = self._stats.confirmed
         raise KeyboardInterrupt
 
+    def stop_reading(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -367,8 +370,10 @@ def test_both_publish_paths_deliver_with_the_contract_properties(
         if batch_events > 1:
             assert m.properties.type == BATCH_TYPE
             assert m.properties.headers == {"router_id": "r0uter0id000",
-                                            "events": len(json.loads(m.body))}
+                                            "events": len(json.loads(m.body)),
+                                            "sequence": m.properties.headers["sequence"]}
         else:
             assert m.properties.type is None
-            assert m.properties.headers == {"router_id": "r0uter0id000"}
+            assert m.properties.headers == {"router_id": "r0uter0id000",
+                                            "sequence": m.properties.headers["sequence"]}
     assert stats.confirmed == count

@@ -47,7 +47,9 @@ def test_every_new_and_destroy_arrives_once_with_the_contract_properties() -> No
         p = message.properties
         assert p.delivery_mode == 2
         assert p.content_type == "application/json"
-        assert p.headers == {"router_id": "testrouter01"}
+        assert p.headers == {"router_id": "testrouter01", "sequence": p.headers["sequence"]}
         assert started_s - 5 <= p.timestamp <= time.time() + 5
+    assert sorted(m.properties.headers["sequence"] for m in messages) == list(
+        range(1, 2 * FLOWS + 1))
     summary = collector.summary()
     assert summary == {"received": 2 * FLOWS, "delivered": 2 * FLOWS, "not_delivered": 0}

@@ -7,7 +7,11 @@ when the test says. Random interleavings of puts, drains (callbacks, timers), ac
   confirmed; every refused one is dropped with a reason;
 - connected, with room in the window and events to publish, a publish is pending on the
   ioloop: the publisher cannot stall (issue 8, defect 1 broke this at the window's edge);
-- nothing confirmed is sent again; the window is never exceeded.
+- nothing confirmed is sent again; the window is never exceeded;
+- every message's `sequence` header is the number of its first event in the order received
+  (lost events, refused by the buffer or dropped by the kernel, take numbers too), the same
+  when it is published again; at the end, the events delivered and the gap records (with
+  gap_records) cover every number once.
 
 At the end of every run the broker acks whatever comes, and everything accepted must be
 confirmed."""
@@ -21,6 +25,7 @@ import pika.spec
 import pytest
 from conntrack_collector.broker import Refusal
 from conntrack_collector.buffer import EventBuffer
+from conntrack_collector.gaps import GAP_TYPE, KERNEL, gap_record
 from conntrack_collector.ledger import Ledger
 from conntrack_collector.publisher import after_round
 from conntrack_collector.session import BATCH_TYPE, Session, SessionOptions, SessionResult
@@ -40,8 +45,9 @@ def confirm(tag: int, multiple: bool, nack: bool = False) -> pika.frame.Method:
 
 class PublisherModel(RuleBasedStateMachine):
     @initialize(max_in_flight=st.integers(1, 4), batch_events=st.sampled_from([1, 3]),
-                buffer_events=st.integers(2, 12))
-    def setup(self, max_in_flight: int, batch_events: int, buffer_events: int) -> None:
+                buffer_events=st.integers(2, 12), gap_records=st.booleans())
+    def setup(self, max_in_flight: int, batch_events: int, buffer_events: int,
+              gap_records: bool) -> None:
         self.now = 0.0
         self.stats = CollectorStats()
         self.buffer = EventBuffer(buffer_events, 10**6, self.stats)
@@ -49,14 +55,17 @@ class PublisherModel(RuleBasedStateMachine):
         self.options = SessionOptions(
             exchange="ex", router_id="r", max_in_flight=max_in_flight,
             batch_events=batch_events, batch_bytes=4 << 20, bulk_write=False,
-            return_pause_s=5.0)
+            return_pause_s=5.0, gap_records=gap_records)
         self.stopping = False
         self.session: Session | None = None
         self.connection: FakeConnection | None = None
-        self.received = 0
+        self.received = 0  # events numbered: accepted, refused, lost by the kernel
+        self.kernel_lost = 0
         self.accepted: set[bytes] = set()
         self.delivered: set[bytes] = set()  # the broker confirmed them (and routed them)
         self.delivered_ids: set[str] = set()
+        self.delivered_gaps: dict[int, int] = {}  # sequence: Lost, of gap records delivered
+        self.sequence_of: dict[str, int] = {}  # message_id: its sequence header, once seen
         self.seen_published = 0
         self.reconnect()
 
@@ -69,6 +78,13 @@ class PublisherModel(RuleBasedStateMachine):
             self.received += 1
             if self.buffer.put(event):  # the waker, when registered, fires in here
                 self.accepted.add(event)
+
+    @rule(n=st.integers(1, 3))
+    def kernel_loss(self, n: int) -> None:
+        """The kernel dropped n events: their numbers go to a gap item, where we are."""
+        self.received += n
+        self.kernel_lost += n
+        self.buffer.put_gap(gap_record(n, KERNEL, 0, 0))
 
     @rule()
     def run_callbacks(self) -> None:
@@ -136,7 +152,10 @@ class PublisherModel(RuleBasedStateMachine):
     def _ack(self, channel: FakeChannel, tag: int, multiple: bool) -> None:
         for t in self._confirmed_tags(channel, tag, multiple):
             published = channel.unconfirmed.pop(t)
-            if not published.returned:
+            if not published.returned and published.type == GAP_TYPE:
+                assert published.sequence is not None
+                self.delivered_gaps[published.sequence] = json.loads(published.body)["Lost"]
+            elif not published.returned:
                 self.delivered.update(self._events_of(published.body))
                 self.delivered_ids.add(published.message_id)
         assert self.session is not None
@@ -195,15 +214,17 @@ class PublisherModel(RuleBasedStateMachine):
     def every_event_is_in_exactly_one_place(self) -> None:
         if not hasattr(self, "ledger"):
             return
-        in_flight = [e for _tag, m in self.ledger.in_flight_messages() for e in m.events]
-        awaiting = [e for m in self.ledger.awaiting_messages() for e in m.events]
+        in_flight = [e for _tag, m in self.ledger.in_flight_messages() if not m.gap
+                     for e in m.events]
+        awaiting = [e for m in self.ledger.awaiting_messages() if not m.gap for e in m.events]
         places = in_flight + awaiting + sorted(self.delivered)
         assert len(places) == len(set(places)), "an event in two places"
         assert set(places) <= self.accepted
-        assert len(self.buffer) + len(places) == len(self.accepted), "an event lost"
+        assert self.buffer.events_held + len(places) == len(self.accepted), "an event lost"
         assert self.ledger.counts.confirmed == len(self.delivered)
         dropped = self.stats.dropped_by_reason
-        assert self.received == len(self.accepted) + dropped.get("buffer_full", 0)
+        assert self.received == (len(self.accepted) + dropped.get("buffer_full", 0)
+                                 + self.kernel_lost)
         assert set(dropped) <= {"buffer_full"}
 
     @invariant()
@@ -226,8 +247,15 @@ class PublisherModel(RuleBasedStateMachine):
             return
         for published in connection.published[self.seen_published:]:
             assert published.message_id not in self.delivered_ids, "a confirmed message sent again"
+            assert published.sequence == self.sequence_of.setdefault(
+                published.message_id, published.sequence), "a message republished renumbered"
+            if published.type == GAP_TYPE:
+                assert self.options.gap_records
+                continue
             if self.options.batch_events > 1:
                 assert len(json.loads(published.body)) == published.events
+            first = self._events_of(published.body)[0]
+            assert published.sequence == json.loads(first)["n"] + 1, "numbered out of order"
         self.seen_published = len(connection.published)
         assert self.ledger.in_flight <= self.options.max_in_flight
         channel = self._channel()
@@ -239,6 +267,7 @@ class PublisherModel(RuleBasedStateMachine):
         and after a stop the connection is closed once it is."""
         if not hasattr(self, "ledger"):
             return
+        self.buffer.put_gap(None)  # at stop: the gap of the last events refused, if any
         for _ in range(10_000):
             if self.session is None:
                 self.reconnect()
@@ -252,10 +281,16 @@ class PublisherModel(RuleBasedStateMachine):
                 self.fire_timer()
             else:
                 break
-        assert len(self.buffer) == 0 and self.ledger.outstanding_events == 0, (
+        assert len(self.buffer) == 0 and self.ledger.outstanding_messages == 0, (
             f"never delivered: {len(self.buffer)} buffered, {self.ledger.awaiting} awaiting, "
             f"{self.ledger.in_flight} in flight")
         assert self.delivered == self.accepted
+        numbers = [json.loads(e)["n"] + 1 for e in self.delivered]
+        if self.options.gap_records:
+            numbers += [s + i for s, lost in self.delivered_gaps.items() for i in range(lost)]
+            assert sorted(numbers) == list(range(1, self.received + 1)), "a hole in the numbers"
+        else:
+            assert not self.delivered_gaps
         if self.stopping:
             assert self.connection is not None and self.connection.closed
 
@@ -269,7 +304,7 @@ test_publisher_model = PublisherModel.TestCase
 def test_batch_messages_carry_their_type_and_event_count() -> None:
     # The fallback path's properties (basic_publish): what the frame encoder writes.
     model = PublisherModel()
-    model.setup(max_in_flight=2, batch_events=3, buffer_events=10)
+    model.setup(max_in_flight=2, batch_events=3, buffer_events=10, gap_records=False)
     model.put(5)
     model.run_callbacks()  # the waker's callback: a drain LINGER_S later
     model.fire_timer()
@@ -280,6 +315,25 @@ def test_batch_messages_carry_their_type_and_event_count() -> None:
     assert {p.type for p in channel.unconfirmed.values()} == {BATCH_TYPE}
     assert [json.loads(p.body) for p in channel.unconfirmed.values()] == [
         [{"n": 0}, {"n": 1}, {"n": 2}], [{"n": 3}, {"n": 4}]]
+    assert [p.sequence for p in channel.unconfirmed.values()] == [1, 4]
+
+
+def test_a_gap_ends_a_batch_and_takes_the_numbers_of_what_was_lost() -> None:
+    model = PublisherModel()
+    model.setup(max_in_flight=4, batch_events=3, buffer_events=10, gap_records=True)
+    model.put(2)
+    model.kernel_loss(5)
+    model.put(2)
+    model.run_callbacks()
+    model.fire_timer()
+    assert model.connection is not None and model.connection.channel_ is not None
+    published = list(model.connection.channel_.unconfirmed.values())
+    assert [(p.type, p.sequence) for p in published] == [
+        (BATCH_TYPE, 1), (GAP_TYPE, 3), (BATCH_TYPE, 8)]
+    assert json.loads(published[1].body) == {"Type": "GAP", "Lost": 5, "Where": "kernel",
+                                             "From": 0, "To": 0}
+    assert [json.loads(p.body) for p in (published[0], published[2])] == [
+        [{"n": 0}, {"n": 1}], [{"n": 7}, {"n": 8}]]
 
 
 # ---- the loop's decision after a round over the hosts ------------------------------------------

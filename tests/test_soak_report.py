@@ -41,7 +41,8 @@ def test_a_clean_run_passes_and_duplicates_are_allowed() -> None:
 
 def test_the_stop_summary_is_parsed_with_its_reasons() -> None:
     line = ("... INFO stopped: received 6940 events, delivered 4840, not delivered 2100 "
-            "(fatal: 2100, shutdown: 3); the kernel reported 1 overrun(s)")
+            "(fatal: 2100, shutdown: 3); the kernel dropped 292 event(s) before we could read them "
+            "(socket buffer full)")
     lines = ["x", line]
     assert parse_stop_summary(lines) == StopSummary(6940, 4840, 2100,
                                                     {"fatal": 2100, "shutdown": 3})

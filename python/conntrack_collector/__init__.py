@@ -62,7 +62,8 @@ class EventStream:
     nat_only: only source-NATed flows (the reference's `-n`).
     buffer_bytes: the socket's receive buffer, where bursts wait while we catch up.
     reliable: the kernel re-delivers DESTROY events it could not deliver, instead of
-        dropping them (NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS).
+        dropping them (NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS). NEW and UPDATE events
+        it cannot queue are still dropped (and counted in stats()["kernel_dropped"]).
     as_json: give the JSON message as bytes instead of a dict.
     queue_events: events held between the reader thread and you before it stops reading.
     fields: opt-in keys after ASSURED, any of FIELDS ("timestamps", "state", "zone", "mark",
@@ -133,9 +134,22 @@ class EventStream:
     def stats(self) -> dict[str, int]:
         """received, delivered, filtered (by nat_only or type), filtered_by_fallback (left
         out by the accept/ignore rules in userspace, after the kernel's filter let them
-        through), overruns, decode_errors, queued, peak_queued, socket_buffer_bytes (the receive
-        buffer the kernel granted). Events the kernel's filter dropped appear nowhere."""
+        through), overruns (times the socket reported ENOBUFS: once per overrun, never in
+        reliable mode), kernel_dropped (events the kernel could not queue for us, its buffer
+        full, in both modes: the socket's drops counter, read at least every 0.1 s while
+        reading and at the end; in reliable mode DESTROYs among them are sent again, so there
+        it is an upper bound), read_at_stop (events stop_reading() found in the socket),
+        stop_cut_short (1 if that took too long and was cut short), decode_errors, queued,
+        peak_queued, socket_buffer_bytes (the receive buffer the kernel granted). Events the
+        kernel's filter dropped appear nowhere."""
         return self._native.stats()
+
+    def stop_reading(self) -> None:
+        """Stop reading new events, without losing those the kernel already queued for us:
+        the reader leaves the event groups, reads what the socket still holds into the
+        stream, and ends. Afterwards `poll(0)` (or iteration) gives the rest, then None (the
+        end). `close()` instead discards what the socket holds."""
+        self._native.stop_reading()
 
     @property
     def startup_warnings(self) -> list[str]:

@@ -58,8 +58,10 @@ class EventStream:
         finite number >= 0 (0: do not wait); ValueError for a negative one, NaN, infinity or
         one the clock cannot add (iterate to wait for ever)."""
     def stats(self) -> dict[str, int]:
-        """received, delivered, filtered, filtered_by_fallback, overruns, decode_errors,
-        queued, peak_queued, socket_buffer_bytes."""
+        """received, delivered, filtered, filtered_by_fallback, overruns, kernel_dropped,
+        read_at_stop, stop_cut_short, decode_errors, queued, peak_queued, socket_buffer_bytes."""
+    def stop_reading(self) -> None:
+        """Reads what the socket still holds into the stream, then ends it."""
     def close(self) -> None:
         """Stops and joins the reader thread; queued events are discarded."""
     def __enter__(self) -> Self: ...

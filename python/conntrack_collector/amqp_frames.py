@@ -39,6 +39,13 @@ def shortstr(text: str) -> bytes:
 
 def table(items: dict[str, object]) -> bytes:
     """An AMQP field table of str and int values, encoded as pika encodes them."""
+    encoded = table_entries(items)
+    return struct.pack(">I", len(encoded)) + encoded
+
+
+def table_entries(items: dict[str, object]) -> bytes:
+    """A field table's entries, without its length: entries of two dicts, one after the other,
+    are those of the merged dict (keys apart)."""
     pieces = []
     for key, value in items.items():
         pieces.append(shortstr(key))
@@ -51,8 +58,7 @@ def table(items: dict[str, object]) -> bytes:
             pieces.append(b"l" + struct.pack(">q", value))
         else:
             raise TypeError(f"header {key!r}: only str and int values are encoded here")
-    encoded = b"".join(pieces)
-    return struct.pack(">I", len(encoded)) + encoded
+    return b"".join(pieces)
 
 
 def frame(kind: int, channel: int, payload: bytes) -> bytes:
@@ -74,14 +80,17 @@ class PublishEncoder:
         self._flags = (FLAG_CONTENT_TYPE | FLAG_HEADERS | FLAG_DELIVERY_MODE | FLAG_MESSAGE_ID
                        | FLAG_TIMESTAMP | (FLAG_TYPE if message_type else 0))
         self._content_type = shortstr(content_type)
-        self._headers = headers
+        self._static_entries = table_entries(headers)
         self._static_headers = table(headers)
         self._type = shortstr(message_type) if message_type else b""
 
     def encode(self, body: bytes, message_id: str, timestamp_s: int,
                extra_headers: dict[str, object] | None = None) -> bytes:
-        headers = (table({**self._headers, **extra_headers}) if extra_headers
-                   else self._static_headers)
+        if extra_headers:  # after the static ones, as pika encodes {**headers, **extra}
+            entries = self._static_entries + table_entries(extra_headers)
+            headers = struct.pack(">I", len(entries)) + entries
+        else:
+            headers = self._static_headers
         payload = b"".join((
             _header_sizes.pack(BASIC_CLASS, 0, len(body), self._flags),
             self._content_type, headers, b"\x02", shortstr(message_id),

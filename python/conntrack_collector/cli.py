@@ -238,8 +238,8 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 @click.option_panel("Collector flags", options=[
     "--netns", "--events", "--fields", "--buffer-size", "--reliable", "--output", "--amqp-vhost",
     "--router-id", "--max-buffer-events", "--max-buffer-bytes", "--max-in-flight",
-    "--batch-events", "--batch-bytes", "--shutdown-timeout", "--connect-timeout", "--config",
-    "--print-config"])
+    "--batch-events", "--batch-bytes", "--gap-records", "--shutdown-timeout", "--connect-timeout",
+    "--config", "--print-config"])
 @click.option_panel("Filters (in the kernel)", options=[
     "--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses",
     "--accept-tcp-states", "--ignore-tcp-states"])
@@ -283,7 +283,8 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
               help="Netlink socket receive buffer, absorbs bursts before they are read")
 @click.option("--reliable", is_flag=True, default=False,
               help="Ask the kernel for reliable event delivery (NETLINK_BROADCAST_ERROR + "
-                   "NETLINK_NO_ENOBUFS): it retries DESTROY events instead of dropping them")
+                   "NETLINK_NO_ENOBUFS): it retries DESTROY events instead of dropping them; NEW "
+                   "and UPDATE are still dropped (counted) when the buffer is full")
 @click.option("--output", type=click.Choice(["amqp", "stdout"], case_sensitive=False),
               default="amqp", help="Where events go: RabbitMQ, or one JSON object per line")
 @click.option("--amqp-vhost", metavar="string", type=Text(AMQP_NAME_BYTES, empty=False),
@@ -305,6 +306,12 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
               metavar="BYTES",
               help="With --batch-events: a batch's body at most this many bytes, under the "
                    "broker's max_message_size (RabbitMQ 4: 16 MiB)")
+@click.option("--gap-records", is_flag=True, default=False,
+              help="When events are lost (kernel, full buffer, stop), publish a gap record "
+                   "(AMQP type `conntrack.gap`, body {\"Type\": \"GAP\", \"Lost\": N, ...}) "
+                   "where they were; off: consumers of the reference's messages expect events "
+                   "only. Every message has a `sequence` header either way; see "
+                   "docs/completeness.md")
 @click.option("--shutdown-timeout", type=Seconds(0, MAX_SECONDS), default=10.0, metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long to wait for outstanding confirms")
 @click.option("--connect-timeout", type=Seconds(0.1, MAX_SECONDS), default=5.0, metavar="SECONDS",
@@ -400,6 +407,7 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
         shutdown_timeout_s=effective["shutdown_timeout"],
         fields=effective["fields"],
         credentials=credentials,
+        gap_records=effective["gap_records"],
     )
     stats = CollectorStats()
     if effective["tune_kernel"]:

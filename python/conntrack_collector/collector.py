@@ -17,12 +17,14 @@ from .broker import BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
 from .credentials import CredentialsProvider
 from .errors import Error, ExitCode
+from .gaps import SHUTDOWN, KernelLossWatch, gap_record, now_ms
 from .publisher import DEFAULT_BATCH_BYTES, Publisher
 from .stats import CollectorStats, DropReason
 
 log = logging.getLogger("conntrack_collector")
 
 POLL_TIMEOUT_S = 0.25  # how soon the loop notices a signal or a failed publisher
+KERNEL_CHECK_EVENTS = 1024  # while events flow, look at the kernel's drops this often
 TYPE_BY_INITIAL = {ord("N"): "NEW", ord("U"): "UPDATE", ord("D"): "DESTROY"}
 
 
@@ -30,6 +32,7 @@ class Stream(Protocol):
     """What we need of conntrack_collector.EventStream (as_json=True)."""
 
     def poll(self, timeout_s: float) -> bytes | None: ...
+    def stop_reading(self) -> None: ...
     def close(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
 
@@ -54,6 +57,7 @@ class RunSettings:
     # Accept/ignore rules, compiled to the reader's socket filter (empty: no rule).
     # (EventStream's keyword, e.g. "accept_protocols", its items)
     filter_lists: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    gap_records: bool = False  # publish a gap record (AMQP type conntrack.gap) for lost events
 
 
 def open_stream(settings: RunSettings) -> Stream:
@@ -112,7 +116,8 @@ def run(settings: RunSettings, stats: CollectorStats,
                                   max_in_flight=settings.max_in_flight,
                                   batch_events=settings.batch_events,
                                   batch_bytes=settings.batch_bytes,
-                                  credentials=settings.credentials)
+                                  credentials=settings.credentials,
+                                  gap_records=settings.gap_records)
         except BrokerConfigError as exc:
             raise Error(str(exc), ExitCode.USAGE) from None
 
@@ -136,10 +141,14 @@ def run(settings: RunSettings, stats: CollectorStats,
     log.info("listening for %s events%s, publishing to %s",
              ",".join(settings.types), where, target)
     reader_error = ""
+    # Reliable mode sends every DESTROY again: with DESTROYs only, the kernel's drops are
+    # retried attempts, not lost events, so they make no gap.
+    destroys_only = settings.reliable and set(settings.types) <= {"DESTROY"}
+    kernel = None if destroys_only else KernelLossWatch(stream.stats)
     try:
         try:
             if publisher:
-                code = _read_into_buffer(stream, buffer, publisher, stop, stats)
+                code = _read_into_buffer(stream, buffer, publisher, stop, stats, kernel)
             else:
                 code = _read_to_stdout(stream, stop, stats)
         except OutputError as exc:
@@ -150,6 +159,8 @@ def run(settings: RunSettings, stats: CollectorStats,
             code = ExitCode.ERROR
         # Events the reader already took from the kernel are ours to deliver or to report.
         _drain_reader(stream, buffer if publisher else None, stats)
+        if publisher:
+            _note_kernel_loss(kernel, buffer, stats)  # the reader's final count
     finally:
         reader_stats = _close(stream)
     code = _finish(code, publisher, buffer, stats, settings, reader_stats)
@@ -164,9 +175,11 @@ def event_type(event: bytes) -> str:
 
 
 def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
-                      stop: StopFlag, stats: CollectorStats) -> ExitCode:
+                      stop: StopFlag, stats: CollectorStats, kernel: KernelLossWatch | None
+                      ) -> ExitCode:
     poll, put, stopping = stream.poll, buffer.put, stop.event.is_set
     by_type = stats.received_by_type
+    until_check = KERNEL_CHECK_EVENTS
     while not stopping():
         try:
             event = poll(POLL_TIMEOUT_S)
@@ -174,14 +187,28 @@ def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
             stop.event.set()
             break
         if event is None:
+            _note_kernel_loss(kernel, buffer, stats)
             if publisher.fatal_error or not publisher.alive():
                 return ExitCode.ERROR
             continue
+        until_check -= 1
+        if not until_check:
+            until_check = KERNEL_CHECK_EVENTS
+            _note_kernel_loss(kernel, buffer, stats)
         by_type[event_type(event)] += 1
         put(event)
         if publisher.fatal_error:
             return ExitCode.ERROR
     return ExitCode.OK
+
+
+def _note_kernel_loss(kernel: KernelLossWatch | None, buffer: EventBuffer,
+                      stats: CollectorStats) -> None:
+    """What the kernel dropped since the last look: a gap in the stream, where we are now."""
+    gap = kernel.check() if kernel is not None else None
+    if gap is not None:
+        buffer.put_gap(gap)
+        stats.kernel_dropped = kernel.dropped if kernel is not None else 0
 
 
 def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> ExitCode:
@@ -223,14 +250,17 @@ class OutputError(Exception):
 
 
 def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorStats) -> None:
-    """Take what the reader thread holds, without waiting for anything new. It may still read
-    while we take: we go on until it has nothing, within a bound (traffic does not stop for
-    us); what it still holds at close is counted as discarded (see _finish)."""
+    """Take the rest of the stream: the reader stops reading, takes what the kernel socket
+    still holds (it leaves the event groups first, so that is finite), and ends; we take all it
+    queued. What it still holds at close (only if we fail here) is counted as discarded (see
+    _finish)."""
+    with contextlib.suppress(Exception):  # a failed reader: take what it queued all the same
+        stream.stop_reading()
     try:
         queued = int(stream.stats().get("queued", 0))
     except Exception:  # noqa: BLE001 - shutdown goes on and reports, whatever the reader says
         queued = 0
-    for _ in range(queued + _native.DEFAULT_QUEUE_EVENTS):
+    for _ in range(queued + _native.DEFAULT_QUEUE_EVENTS):  # a bound, should it still read
         try:
             event = stream.poll(0.0)
         except (KeyboardInterrupt, Exception):  # noqa: BLE001 - a failed reader has no more
@@ -259,7 +289,12 @@ def _close(stream: Stream) -> dict[str, Any]:
 
 def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
             stats: CollectorStats, settings: RunSettings, reader_stats: dict[str, Any]) -> ExitCode:
+    # Read by the reader thread but never handed to us: close() discards them. Rare (we took
+    # all it had a moment before), but never silent.
+    discarded = int(reader_stats.get("queued", 0) or 0)
     if publisher is not None:
+        buffer.put_gap(gap_record(discarded, SHUTDOWN, now_ms(), now_ms()) if discarded
+                       else None)  # and the gap of events the buffer refused last, if any
         if publisher.fatal_error:
             publisher.stop(0.0)
         else:
@@ -271,19 +306,25 @@ def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
             stats.drop(DropReason.FATAL if publisher.fatal_error else DropReason.SHUTDOWN,
                        undelivered)
         buffer.flush_drop_log()
-    # Read by the reader thread but never handed to us: close() discards them. Rare (we took
-    # all it had a moment before), but never silent.
-    discarded = int(reader_stats.get("queued", 0) or 0)
     if discarded:
         stats.drop(DropReason.DISCARDED_AT_CLOSE, discarded)
-    lost_in_reader = int(reader_stats.get("overruns", 0) or 0)
+    kernel_dropped = int(reader_stats.get("kernel_dropped", 0) or 0)
+    stats.kernel_dropped = max(stats.kernel_dropped, kernel_dropped)
     summary = (f"received {stats.received + discarded} events"
                + (f", delivered {stats.confirmed}" if publisher else "")
                + f", not delivered {stats.dropped}")
     if stats.dropped_by_reason:
         summary += " (" + ", ".join(f"{k}: {v}" for k, v in stats.dropped_by_reason.items()) + ")"
-    if lost_in_reader:
-        summary += f"; the kernel reported {lost_in_reader} overrun(s) (events lost before reading)"
+    if kernel_dropped and not settings.reliable:
+        summary += (f"; the kernel dropped {kernel_dropped} event(s) before we could read them "
+                    "(socket buffer full)")
+    elif kernel_dropped:
+        summary += (f"; the kernel could not queue {kernel_dropped} event(s) at once (socket "
+                    "buffer full; reliable mode: DESTROYs were sent again, "
+                    + ("none lost)" if set(settings.types) <= {"DESTROY"}
+                       else "NEW and UPDATE lost)"))
+    if reader_stats.get("stop_cut_short"):
+        summary += "; reading what the kernel socket held at stop took too long and was cut short"
     log.info("stopped: %s", summary)
     if publisher is not None and publisher.fatal_error:
         raise Error(publisher.fatal_error, ExitCode.ERROR)

@@ -21,10 +21,17 @@ from typing import Callable, NamedTuple
 
 
 class Message(NamedTuple):
-    """One AMQP message: one event, or a batch (a JSON array) of several."""
+    """One AMQP message: one event, a batch (a JSON array) of several, or a gap record."""
 
     seq: int  # message_id is f"{prefix}-{seq}": stable across republishing
-    events: tuple[bytes, ...]
+    events: tuple[bytes, ...]  # a gap record: its body, alone
+    first: int = 0  # the `sequence` header: its first event's number (a gap: the first lost)
+    gap: bool = False
+
+    @property
+    def event_count(self) -> int:
+        """Events it carries: what the counts count (a gap record carries none)."""
+        return 0 if self.gap else len(self.events)
 
     @property
     def event_bytes(self) -> int:
@@ -49,6 +56,7 @@ class DeliveryCounts:
     nacked: int = 0
     returned: int = 0
     messages_confirmed: int = 0
+    gap_records_confirmed: int = 0
     in_flight_events: int = 0
     awaiting_events: int = 0  # nacked, returned or unconfirmed at a disconnect: sent again first
     # Publish-to-confirm latency, summed over confirmed messages.
@@ -64,6 +72,7 @@ class Ledger:
         self.counts = DeliveryCounts()
         self._clock = clock
         self._seq = 0
+        self._next_event = 1  # the number of the next event taken (see gaps.py)
         self._tag = 0  # the last delivery tag used on the current channel
         self._in_flight: OrderedDict[int, Flight] = OrderedDict()
         self._awaiting: deque[Message] = deque()
@@ -86,6 +95,11 @@ class Ledger:
         """Events handed to the ledger and not yet confirmed."""
         return self.counts.in_flight_events + self.counts.awaiting_events
 
+    @property
+    def outstanding_messages(self) -> int:
+        """Messages not yet confirmed, gap records included."""
+        return len(self._in_flight) + len(self._awaiting)
+
     def in_flight_messages(self) -> list[tuple[int, Message]]:
         """(delivery tag, message) of what is in flight, oldest first."""
         return [(tag, flight.message) for tag, flight in self._in_flight.items()]
@@ -99,23 +113,35 @@ class Ledger:
     # ---- sending ----------------------------------------------------------------------------
 
     def new_message(self, events: Sequence[bytes]) -> Message:
-        """A message of events taken from the buffer, with the next sequence number."""
+        """A message of events taken from the buffer, with the next sequence number; its
+        events take the next event numbers."""
         self._seq += 1
-        return Message(self._seq, tuple(events))
+        first, self._next_event = self._next_event, self._next_event + len(events)
+        return Message(self._seq, tuple(events), first)
+
+    def new_gap(self, body: bytes, lost: int) -> Message:
+        """A gap record for `lost` events: they take the next event numbers."""
+        self._seq += 1
+        first, self._next_event = self._next_event, self._next_event + lost
+        return Message(self._seq, (body,), first, gap=True)
+
+    def skip(self, lost: int) -> None:
+        """`lost` events lost, with no gap record: their numbers are left out all the same."""
+        self._next_event += lost
 
     def next_awaiting(self) -> Message | None:
         """The oldest message waiting to be published again (to be passed to `sent`)."""
         if not self._awaiting:
             return None
         message = self._awaiting.popleft()
-        self.counts.awaiting_events -= len(message.events)
+        self.counts.awaiting_events -= message.event_count
         return message
 
     def sent(self, message: Message, *, again: bool = False) -> int:
         """The message was written on the current channel; returns its delivery tag."""
         self._tag += 1
         self._in_flight[self._tag] = Flight(message, self._clock())
-        n = len(message.events)
+        n = message.event_count
         self.counts.in_flight_events += n
         if again:
             self.counts.republished += n
@@ -138,7 +164,8 @@ class Ledger:
                 continue
             confirmed.append(message)
             counts = self.counts
-            counts.confirmed += len(message.events)
+            counts.gap_records_confirmed += message.gap
+            counts.confirmed += message.event_count
             counts.messages_confirmed += 1
             counts.confirm_latency_s_sum += now - flight.sent_at
             counts.confirm_latency_count += 1
@@ -149,7 +176,7 @@ class Ledger:
         refused = [flight.message for flight in self._take(tag, multiple)]
         for message in refused:
             self._returned.discard(message.seq)
-            self.counts.nacked += len(message.events)
+            self.counts.nacked += message.event_count
             self._await(message)
         return refused
 
@@ -163,7 +190,7 @@ class Ledger:
         for flight in self._in_flight.values():
             if flight.message.seq == seq:
                 self._returned.add(seq)
-                self.counts.returned += len(flight.message.events)
+                self.counts.returned += flight.message.event_count
                 return True
         return False
 
@@ -177,7 +204,7 @@ class Ledger:
         self.counts.in_flight_events = 0
         for flight in reversed(flights):
             self._awaiting.appendleft(flight.message)
-            self.counts.awaiting_events += len(flight.message.events)
+            self.counts.awaiting_events += flight.message.event_count
         return len(flights)
 
     def split_awaiting(self, max_body_bytes: int) -> int:
@@ -187,21 +214,27 @@ class Ledger:
         split = 0
         kept: deque[Message] = deque()
         for message in self._awaiting:
-            if len(message.events) < 2 or len(message.batch_body()) <= max_body_bytes:
+            if message.event_count < 2 or len(message.batch_body()) <= max_body_bytes:
                 kept.append(message)
                 continue
             split += 1
             part: list[bytes] = []
             size = 2  # the brackets
+            first = message.first  # the parts keep their events' numbers
             for event in message.events:
                 if part and size + len(event) + 1 > max_body_bytes:
-                    kept.append(self.new_message(part))
+                    kept.append(self._part(part, first))
+                    first += len(part)
                     part, size = [], 2
                 part.append(event)
                 size += len(event) + 1
-            kept.append(self.new_message(part))
+            kept.append(self._part(part, first))
         self._awaiting = kept
         return split
+
+    def _part(self, events: list[bytes], first: int) -> Message:
+        self._seq += 1
+        return Message(self._seq, tuple(events), first)
 
     def _take(self, tag: int, multiple: bool) -> list[Flight]:
         if not multiple:
@@ -215,9 +248,9 @@ class Ledger:
                     break
                 taken.append(self._in_flight.popitem(last=False)[1])
         for flight in taken:
-            self.counts.in_flight_events -= len(flight.message.events)
+            self.counts.in_flight_events -= flight.message.event_count
         return taken
 
     def _await(self, message: Message) -> None:
         self._awaiting.append(message)
-        self.counts.awaiting_events += len(message.events)
+        self.counts.awaiting_events += message.event_count

@@ -33,7 +33,8 @@ EVENT_TYPES = ("NEW", "UPDATE", "DESTROY")
 CONNECTION_STATES = ("disconnected", "connecting", "connected", "blocked")
 
 StreamStats = Callable[[], Mapping[str, object]]
-"""`EventStream.stats`: a dict with at least received, overruns, decode_errors, queued."""
+"""`EventStream.stats`: a dict with at least received, overruns, kernel_dropped, decode_errors,
+queued."""
 
 
 class MetricsAddressError(ValueError):
@@ -89,8 +90,14 @@ class CollectorMetrics(Collector):
                        "Events the reader thread decoded (received + stream_queued_events).",
                        _int(stream, "received"))
         yield _counter("netlink_overruns",
-                       "Times the kernel dropped events for a full socket buffer (ENOBUFS).",
+                       "Times the socket reported ENOBUFS (once per overrun, however many events "
+                       "it cost; never with --reliable): see kernel_dropped_events for events.",
                        _int(stream, "overruns"))
+        yield _counter("kernel_dropped_events",
+                       "Events the kernel could not queue for us, its socket buffer full (the "
+                       "socket's drops counter, both modes; with --reliable DESTROYs among them "
+                       "are sent again, so an upper bound).",
+                       _int(stream, "kernel_dropped"))
         yield _counter("decode_errors", "Kernel messages that could not be decoded (skipped).",
                        _int(stream, "decode_errors"))
         yield _counter("stream_filtered_by_fallback",

@@ -46,6 +46,7 @@ class Snapshot:
     publish_buffer_bytes: int = 0
     in_flight_events: int = 0
     overruns: int = 0
+    kernel_dropped: int = 0
     decode_errors: int = 0
     connection_state: str = ""
 
@@ -72,6 +73,7 @@ def take_snapshot(stats: CollectorStats, stream_stats: StreamStats) -> Snapshot:
         publish_buffer_bytes=stats.publish_buffer_bytes,
         in_flight_events=stats.in_flight_events,
         overruns=stream_int("overruns"),
+        kernel_dropped=stream_int("kernel_dropped"),
         decode_errors=stream_int("decode_errors"),
         connection_state=stats.connection_state,
     )
@@ -94,7 +96,8 @@ def summary_line(earlier: Snapshot | None, now: Snapshot) -> str:
         f" buffer={now.publish_buffer_events} events/{now.publish_buffer_bytes} bytes"
         f" in_flight={now.in_flight_events}"
         f" dropped={now.dropped}{f' ({drops})' if drops else ''}"
-        f" overruns={now.overruns} decode_errors={now.decode_errors}"
+        f" overruns={now.overruns} kernel_dropped={now.kernel_dropped}"
+        f" decode_errors={now.decode_errors}"
         f" broker={now.connection_state}"
     )
 
@@ -114,10 +117,11 @@ def live_table(earlier: Snapshot | None, now: Snapshot) -> Table:
                   f"events, {now.publish_buffer_bytes:,} bytes")
     table.add_row("in flight", f"{now.in_flight_events:,}", "")
     drops = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(now.dropped_by_reason.items()))
-    style = "red" if now.dropped or now.overruns else ""
+    style = "red" if now.dropped or now.kernel_dropped else ""
     table.add_row("dropped", f"[{style}]{now.dropped:,}[/]" if style else f"{now.dropped:,}",
                   drops)
-    table.add_row("overruns", f"{now.overruns:,}", f"decode errors: {now.decode_errors:,}")
+    table.add_row("kernel dropped", f"{now.kernel_dropped:,}",
+                  f"overruns: {now.overruns:,}, decode errors: {now.decode_errors:,}")
     broker_style = "green" if now.connection_state == "connected" else "yellow"
     table.add_row("broker", f"[{broker_style}]{now.connection_state}[/]", "")
     return table

@@ -66,6 +66,7 @@ class Publisher:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 10.0,
         credentials: CredentialsProvider | None = None,
+        gap_records: bool = False,
     ) -> None:
         self.settings = settings
         self._buffer = buffer
@@ -81,7 +82,7 @@ class Publisher:
         self._options = SessionOptions(
             exchange=settings.exchange, router_id=settings.router_id,
             max_in_flight=max_in_flight, batch_events=batch_events, batch_bytes=batch_bytes,
-            bulk_write=bulk_write, return_pause_s=RETURN_PAUSE_S)
+            bulk_write=bulk_write, return_pause_s=RETURN_PAUSE_S, gap_records=gap_records)
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
@@ -101,7 +102,7 @@ class Publisher:
 
     def outstanding(self) -> int:
         """Events accepted but not yet confirmed: buffered, waiting to be republished, in flight."""
-        return len(self._buffer) + self.ledger.outstanding_events
+        return self._buffer.events_held + self.ledger.outstanding_events
 
     def stop(self, timeout_s: float) -> bool:
         """Publish what is buffered, wait for its confirms for at most timeout_s, then close.
@@ -212,7 +213,8 @@ class Publisher:
                     self._options.batch_bytes, split)
 
     def _done(self) -> bool:
-        return self._stopping.is_set() and self.outstanding() == 0
+        return (self._stopping.is_set() and self.outstanding() == 0
+                and self.ledger.outstanding_messages == 0)  # gap records too
 
 
 def after_round(ready: SessionResult | None, refusals: list[Refusal], ever_ready: bool

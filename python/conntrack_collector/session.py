@@ -39,6 +39,7 @@ import pika.spec  # type: ignore[import-untyped]
 from .amqp_frames import PublishEncoder
 from .broker import Refusal, describe
 from .buffer import EventBuffer
+from .gaps import GAP_TYPE, is_gap, lost_of
 from .ledger import Ledger, Message
 from .stats import CollectorStats
 
@@ -75,6 +76,7 @@ class SessionOptions:
     batch_bytes: int  # the most bytes of a batch's body
     bulk_write: bool  # our own frames, one write per drain; else basic_publish per message
     return_pause_s: float  # after a return (no queue bound), wait this long
+    gap_records: bool = False  # publish gap items as gap records (else they only skip numbers)
 
 
 @dataclass
@@ -109,6 +111,7 @@ class Session:
         self.connection: Any = None
         self.channel: Any = None
         self._encoder: PublishEncoder | None = None
+        self._gap_encoder: PublishEncoder | None = None
         self._exchange_declared = False
         self._ready_at: float | None = None
         self._paused_until = 0.0
@@ -174,11 +177,13 @@ class Session:
 
     def on_confirms_enabled(self, _frame: Any) -> None:
         if self.options.bulk_write:
-            self._encoder = PublishEncoder(
-                self.channel.channel_number, self.options.exchange, "", mandatory=True,
-                content_type=CONTENT_TYPE, headers={"router_id": self.options.router_id},
-                frame_max=self.connection.params.frame_max,
-                message_type=BATCH_TYPE if self._batched else None)
+            def encoder(message_type: str | None) -> PublishEncoder:
+                return PublishEncoder(
+                    self.channel.channel_number, self.options.exchange, "", mandatory=True,
+                    content_type=CONTENT_TYPE, headers={"router_id": self.options.router_id},
+                    frame_max=self.connection.params.frame_max, message_type=message_type)
+            self._encoder = encoder(BATCH_TYPE if self._batched else None)
+            self._gap_encoder = encoder(GAP_TYPE)
         self._ready_at = self._clock()
         self.stats.connections += 1
         self.stats.connection_state = "connected"
@@ -216,39 +221,70 @@ class Session:
                                           waker=self.events_arrived)
                 if not events:
                     break
-                batch.append((self.ledger.new_message(events), False))
-                room -= 1
             else:
                 events = self.buffer.take(room, waker=self.events_arrived)
                 if not events:
                     break
-                batch.extend((self.ledger.new_message((event,)), False) for event in events)
-                room -= len(events)
+            messages = self._messages_of(events)
+            batch.extend((message, False) for message in messages)
+            room -= len(messages)
         if batch:
             self._publish(batch)
-        if self._stopping() and self.ledger.outstanding_events == 0 and not len(self.buffer):
+        if self._stopping() and self.ledger.outstanding_messages == 0 and not len(self.buffer):
             log.debug("all events confirmed; closing the connection")
             self.close()
+
+    def _messages_of(self, items: list[bytes]) -> list[Message]:
+        """Items taken from the buffer, as messages with their event numbers. A gap item ends
+        a batch; it becomes a gap record, or (without --gap-records) only skips its numbers."""
+        messages: list[Message] = []
+        run: list[bytes] = []
+        for item in items:
+            if not is_gap(item):
+                run.append(item)
+                continue
+            messages += self._event_messages(run)
+            run = []
+            if self.options.gap_records:
+                messages.append(self.ledger.new_gap(item, lost_of(item)))
+            else:
+                self.ledger.skip(lost_of(item))
+        messages += self._event_messages(run)
+        return messages
+
+    def _event_messages(self, events: list[bytes]) -> list[Message]:
+        if not events:
+            return []
+        if self._batched:
+            return [self.ledger.new_message(events)]
+        return [self.ledger.new_message((event,)) for event in events]
 
     def _publish(self, batch: list[tuple[Message, bool]]) -> None:
         timestamp_s = int(self._wall_clock())
         frames = []
         for message, again in batch:
             self.ledger.sent(message, again=again)
-            body = message.batch_body() if self._batched else message.events[0]
             message_id = self.ledger.message_id(message)
-            extra: dict[str, object] | None = (
-                {"events": len(message.events)} if self._batched else None)
-            if self._encoder is not None:
-                frames.append(self._encoder.encode(body, message_id, timestamp_s, extra))
+            extra: dict[str, object]
+            if message.gap:
+                body, kind, encoder = message.events[0], GAP_TYPE, self._gap_encoder
+                extra = {"sequence": message.first}
+            elif self._batched:
+                body, kind, encoder = message.batch_body(), BATCH_TYPE, self._encoder
+                extra = {"events": len(message.events), "sequence": message.first}
+            else:
+                body, kind, encoder = message.events[0], None, self._encoder
+                extra = {"sequence": message.first}
+            if encoder is not None:
+                frames.append(encoder.encode(body, message_id, timestamp_s, extra))
             else:
                 self.channel.basic_publish(
                     self.options.exchange, "", body, mandatory=True,
                     properties=pika.BasicProperties(
                         content_type=CONTENT_TYPE,
-                        headers={"router_id": self.options.router_id, **(extra or {})},
+                        headers={"router_id": self.options.router_id, **extra},
                         delivery_mode=2, message_id=message_id, timestamp=timestamp_s,
-                        type=BATCH_TYPE if self._batched else None))
+                        type=kind))
         if frames:
             # One write for the whole drain (pika would make three per message); it also
             # counts bytes_sent, as basic_publish would.

@@ -31,6 +31,8 @@ class CollectorStats:
     received_by_type: dict[str, int] = field(
         default_factory=lambda: {"NEW": 0, "UPDATE": 0, "DESTROY": 0}
     )
+    # Events the kernel could not queue for us (the reader's kernel_dropped, as last read).
+    kernel_dropped: int = 0
     # Events refused or abandoned, by reason.
     dropped_by_reason: dict[DropReason, int] = field(default_factory=dict)
 
