@@ -130,8 +130,15 @@ class EventStream:
         ValueError for a negative one, NaN or infinity: iterate to wait for ever)."""
         return self._native.poll(timeout_s)
 
+    def poll_many(self, timeout_s: float, max_events: int = 1024) -> list[Event]:
+        """Up to `max_events` events, oldest first, as soon as there is one; [] if none
+        arrives within `timeout_s` seconds. The cheap way to keep up with a busy kernel: one
+        call, one GIL handoff and (as_json) the JSON written without the GIL, per batch."""
+        return self._native.poll_many(timeout_s, max_events)
+
     def stats(self) -> dict[str, int]:
-        """received, delivered, filtered (by nat_only or type), filtered_by_fallback (left
+        """received, delivered (delivered_new, delivered_update, delivered_destroy: of those,
+        by type), filtered (by nat_only or type), filtered_by_fallback (left
         out by the accept/ignore rules in userspace, after the kernel's filter let them
         through), overruns, decode_errors, queued, peak_queued, socket_buffer_bytes (the receive
         buffer the kernel granted). Events the kernel's filter dropped appear nowhere."""
