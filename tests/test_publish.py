@@ -101,13 +101,15 @@ def test_buffer_drops_the_newest_beyond_its_event_bound_and_counts() -> None:
     assert stats.publish_buffer_events == 0
 
 
-def test_buffer_bound_in_bytes_counts_the_index() -> None:
+def test_buffer_bound_in_bytes_counts_each_event_as_the_publisher_will_hold_it() -> None:
     stats = CollectorStats()
-    # Each waiting event costs its JSON and its 4-byte end offset.
-    buffer = EventBuffer(max_events=100, max_bytes=2 * (5 + INDEX_BYTES), stats=stats)
+    # Each event counts its JSON and its overhead as a Python object once taken.
+    buffer = EventBuffer(max_events=100, max_bytes=2 * (5 + EVENT_OVERHEAD_BYTES), stats=stats)
     assert buffer.put(b"12345") and buffer.put(b"12345")
     assert not buffer.put(b"1")
     assert stats.publish_buffer_bytes == 10 and stats.dropped == 1
+    # Waiting, they are compact: their JSON and a 4-byte offset each.
+    assert buffer.held_bytes == 2 * (5 + INDEX_BYTES)
 
 
 def test_buffer_bound_counts_what_the_publisher_holds_until_released() -> None:

@@ -11,8 +11,10 @@ taken by the publisher and not yet confirmed (in flight, or waiting to be publis
 which `release` gives back when the broker confirms them. Waiting events are kept compact,
 their JSON bytes concatenated in chunks with an array of where each ends (4 bytes an event
 beside its JSON), not as one Python object each (about 40 bytes more an event, and a
-fragmented heap); taken events are Python objects again, counted with EVENT_OVERHEAD_BYTES
-each. The default bound is a share of the machine's memory (`default_max_bytes`).
+fragmented heap); taken events are Python objects again. An event is let in only if the bound
+has room for it at what it will cost once taken (its JSON and EVENT_OVERHEAD_BYTES), so
+taking never pushes what is held over the bound. The default bound is a share of the
+machine's memory (`default_max_bytes`).
 """
 
 from __future__ import annotations
@@ -98,9 +100,13 @@ class EventBuffer:
 
     @property
     def held_bytes(self) -> int:
-        """What the bound counts: waiting events with their index, taken ones with their
-        overhead."""
+        """What is held: waiting events with their index, taken ones with their overhead."""
         return self._bytes + INDEX_BYTES * self._events + self._taken_bytes
+
+    @property
+    def committed_bytes(self) -> int:
+        """What the bound counts: what is held once every waiting event is taken too."""
+        return self._bytes + EVENT_OVERHEAD_BYTES * self._events + self._taken_bytes
 
     @property
     def held_events(self) -> int:
@@ -118,19 +124,19 @@ class EventBuffer:
         sizes = list(map(len, events))
         with self._lock:
             room_events = self.max_events - self.held_events
-            room_bytes = self.max_bytes - self.held_bytes
+            room_bytes = self.max_bytes - self.committed_bytes
             kept = len(events)
-            total = sum(sizes) + INDEX_BYTES * kept
-            if kept > room_events or total > room_bytes:
+            total = sum(sizes)
+            if kept > room_events or total + EVENT_OVERHEAD_BYTES * kept > room_bytes:
                 kept = max(0, min(kept, room_events))
                 # The longest prefix within the bytes left.
-                costs = itertools.accumulate(size + INDEX_BYTES for size in sizes[:kept])
+                costs = itertools.accumulate(size + EVENT_OVERHEAD_BYTES for size in sizes[:kept])
                 kept = bisect.bisect_right(list(costs), room_bytes)
-                total = sum(sizes[:kept]) + INDEX_BYTES * kept
+                total = sum(sizes[:kept])
             if kept:
                 self._append(events, sizes, kept)
                 self._events += kept
-                self._bytes += total - INDEX_BYTES * kept
+                self._bytes += total
                 self._publish_counts()
                 waker, self._waker = self._waker, None
             else:
@@ -225,7 +231,7 @@ class EventBuffer:
             log.warning(
                 "buffer full (%d events, %d bytes held, including %d events with the "
                 "publisher; bounds %d events, %d bytes): dropped %d event(s) since the last "
-                "report", self.held_events, self.held_bytes, self._taken_events,
+                "report", self.held_events, self.committed_bytes, self._taken_events,
                 self.max_events, self.max_bytes, self._drops_unlogged,
             )
             self._drops_unlogged = 0

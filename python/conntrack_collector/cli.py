@@ -16,6 +16,7 @@ from click.core import ParameterSource
 
 from . import FILTER_LISTS, _native, config, filter_items, observers, vault
 from .broker import BrokerConfigError, BrokerSettings, parse_hosts
+from .buffer import default_max_bytes
 from .collector import RunSettings, open_stream, run
 from .errors import Error, ExitCode
 from .kernel_tuning import KernelTuningError, netns_path, tune_kernel
@@ -23,6 +24,9 @@ from .metrics import MetricsAddressError, parse_address
 from .publisher import DEFAULT_BATCH_BYTES
 from .router_id import default_router_id
 from .stats import CollectorStats
+
+# --max-buffer-bytes by default, for this machine (buffer.default_max_bytes).
+MAX_BUFFER_BYTES = default_max_bytes()
 
 PROG = "conntrack-event-collector"
 EVENT_TYPES = tuple(_native.EVENT_TYPES)
@@ -294,8 +298,11 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 @click.option("--max-buffer-events", type=click.IntRange(1), default=500_000, metavar="N",
               help="Events held while the broker is slow or away; beyond, new events are "
                    "dropped (counted, logged)")
-@click.option("--max-buffer-bytes", type=click.IntRange(1), default=200_000_000, metavar="BYTES",
-              help="The same bound in bytes of JSON")
+@click.option("--max-buffer-bytes", type=click.IntRange(1), default=MAX_BUFFER_BYTES,
+              metavar="BYTES", show_default=False,
+              help="The same bound in bytes: the JSON of the events held, waiting or with the "
+                   "publisher, and their overhead  [default: 1/8 of MemTotal, within 16 MiB-1 "
+                   f"GiB: {MAX_BUFFER_BYTES} here]")
 @click.option("--max-in-flight", type=click.IntRange(1, 65535), default=1000, metavar="N",
               help="Messages published and not yet confirmed")
 @click.option("--batch-events", type=click.IntRange(1, 100_000), default=1, metavar="N",
