@@ -11,7 +11,6 @@ public API and the only one users import.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Iterator
 from types import TracebackType
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["FIELDS", "ConntrackError", "Event", "EventStream", "__version__", "decode_datagram",
            "events"]
 __version__: str = _native.__version__
-
-logger = logging.getLogger("conntrack_collector")
 
 #: An event as a dict, in the reference's message schema (see the README), or its JSON bytes.
 Event = Union[dict[str, Any], bytes]
@@ -115,8 +112,11 @@ class EventStream:
             fields=list(fields),
             filter={name: filter_items(value) for name, value in lists.items() if value},
         )
-        for warning in self._native.startup_warnings:
-            logger.warning("%s", warning)
+        if self._native.startup_warnings:
+            import logging  # only now: `version` and friends start faster without it
+
+            for warning in self._native.startup_warnings:
+                logging.getLogger("conntrack_collector").warning("%s", warning)
 
     def __iter__(self) -> Iterator[Event]:
         # The native object iterates itself: no Python frame per event.

@@ -10,15 +10,17 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, BinaryIO, Callable, NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NoReturn, Protocol, cast
 
 from . import _native
-from .broker import BrokerConfigError, BrokerSettings
+from .broker import DEFAULT_BATCH_BYTES, BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
 from .credentials import CredentialsProvider
 from .errors import Error, ExitCode
-from .publisher import DEFAULT_BATCH_BYTES, Publisher
 from .stats import CollectorStats, DropReason
+
+if TYPE_CHECKING:
+    from .publisher import Publisher
 
 log = logging.getLogger("conntrack_collector")
 
@@ -108,6 +110,8 @@ def run(settings: RunSettings, stats: CollectorStats,
     buffer = EventBuffer(settings.max_buffer_events, settings.max_buffer_bytes, stats)
     publisher: Publisher | None = None
     if settings.output == "amqp":
+        from .publisher import Publisher  # pika: only when publishing
+
         try:
             publisher = Publisher(settings.broker, buffer, stats,
                                   max_in_flight=settings.max_in_flight,

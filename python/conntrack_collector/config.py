@@ -12,8 +12,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 CONFIG_FILE_NAME = "conntrack-event-collector.yml"
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes
 ENV_PREFIX = "OWP_"
@@ -94,6 +92,8 @@ def load_config_file(path: Path, known_keys: Iterable[str],
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    import yaml  # only when a file is read: it costs start-up time
+
     try:
         data = yaml.load(text, Loader=_TextLoader)  # a SafeLoader: safe
     except RecursionError:
