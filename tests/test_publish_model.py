@@ -40,15 +40,16 @@ def confirm(tag: int, multiple: bool, nack: bool = False) -> pika.frame.Method:
 
 class PublisherModel(RuleBasedStateMachine):
     @initialize(max_in_flight=st.integers(1, 4), batch_events=st.sampled_from([1, 3]),
-                buffer_events=st.integers(2, 12))
-    def setup(self, max_in_flight: int, batch_events: int, buffer_events: int) -> None:
+                buffer_events=st.integers(2, 12), bulk_write=st.booleans())
+    def setup(self, max_in_flight: int, batch_events: int, buffer_events: int,
+              bulk_write: bool) -> None:
         self.now = 0.0
         self.stats = CollectorStats()
         self.buffer = EventBuffer(buffer_events, 10**6, self.stats)
         self.ledger = Ledger(id_prefix="model", clock=lambda: self.now)
         self.options = SessionOptions(
             exchange="ex", router_id="r", max_in_flight=max_in_flight,
-            batch_events=batch_events, batch_bytes=4 << 20, bulk_write=False,
+            batch_events=batch_events, batch_bytes=4 << 20, bulk_write=bulk_write,
             return_pause_s=5.0)
         self.stopping = False
         self.session: Session | None = None
@@ -266,10 +267,11 @@ PublisherModel.TestCase.settings = settings(
 test_publisher_model = PublisherModel.TestCase
 
 
-def test_batch_messages_carry_their_type_and_event_count() -> None:
-    # The fallback path's properties (basic_publish): what the frame encoder writes.
+@pytest.mark.parametrize("bulk_write", [False, True])
+def test_batch_messages_carry_their_type_and_event_count(bulk_write: bool) -> None:
+    # Through basic_publish, and through the frame encoder (parsed back by pika's decoder).
     model = PublisherModel()
-    model.setup(max_in_flight=2, batch_events=3, buffer_events=10)
+    model.setup(max_in_flight=2, batch_events=3, buffer_events=10, bulk_write=bulk_write)
     model.put(5)
     model.run_callbacks()  # the waker's callback: a drain LINGER_S later
     model.fire_timer()

@@ -232,6 +232,14 @@ class Session:
 
     def _publish(self, batch: list[tuple[Message, bool]]) -> None:
         timestamp_s = int(self._wall_clock())
+        if self._encoder is not None and not self._batched:
+            # The hot path, a message per event: one pass each for the ledger and the frames.
+            self.ledger.sent_many(batch)
+            id_of = self.ledger.message_id
+            data = self._encoder.encode_many([m.events[0] for m, _ in batch],
+                                             [id_of(m) for m, _ in batch], timestamp_s)
+            getattr(self.connection, BULK_WRITE_METHOD)([data])
+            return
         frames = []
         for message, again in batch:
             self.ledger.sent(message, again=again)
@@ -278,8 +286,10 @@ class Session:
             if refused:
                 self.pause(NACK_RETRY_S, f"RabbitMQ nacked {len(refused)} message(s)")
         else:
-            for message in self.ledger.ack(method.delivery_tag, method.multiple):
-                self.buffer.release(len(message.events), message.event_bytes)
+            confirmed = self.ledger.ack(method.delivery_tag, method.multiple)
+            if confirmed:  # one release for all: what they held is free
+                self.buffer.release(sum(len(m.events) for m in confirmed),
+                                    sum(m.event_bytes for m in confirmed))
         self.after_confirms()
 
     def after_confirms(self) -> None:
