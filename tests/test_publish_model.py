@@ -273,7 +273,7 @@ def test_batch_messages_carry_their_type_and_event_count(bulk_write: bool) -> No
     model = PublisherModel()
     model.setup(max_in_flight=2, batch_events=3, buffer_events=10, bulk_write=bulk_write)
     model.put(5)
-    model.run_callbacks()  # the waker's callback: a drain LINGER_S later
+    model.run_callbacks()  # the waker's callback: a drain
     model.fire_timer()
     assert model.connection is not None
     channel = model.connection.channel_

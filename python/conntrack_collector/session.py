@@ -264,8 +264,10 @@ class Session:
 
     def events_arrived(self) -> None:
         """The buffer's waker: called on the reader's thread by the first put after a drain
-        found the buffer empty."""
-        self._call_threadsafe(self.drain_soon)
+        found the buffer empty. It drains at once: the reader loop hands over batches, and
+        already waited for company when its batch was small (collector.READ_LINGER_S), so
+        another wait here would only cost one more wake-up of this thread per batch."""
+        self._call_threadsafe(self.drain)
 
     def drain_soon(self) -> None:
         """Drain LINGER_S from now rather than at once: at steady rates one drain then takes
