@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NoReturn, Protocol, cast
@@ -28,13 +27,6 @@ log = logging.getLogger("conntrack_collector")
 POLL_TIMEOUT_S = 0.25  # how soon the loop notices a signal or a failed publisher
 # Events taken from the reader at once: one GIL handoff and one buffer lock per batch.
 READ_BATCH_EVENTS = 1024
-# A batch smaller than this waits READ_LINGER_S for company before it goes to the buffer: each
-# hand-over costs about 0.9 ms of CPU whatever its size (the publisher's ioloop wakes, writes,
-# reads the ack; measured at 60 events/s: 330 us an event with a 50 ms wait, 150 us with
-# 100 ms), so a router's trickle costs ten hand-overs a second, not one per event. Events wait
-# at most that long more.
-SMALL_BATCH_EVENTS = 64
-READ_LINGER_S = 0.1
 
 
 class Stream(Protocol):
@@ -187,15 +179,6 @@ def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
             if publisher.fatal_error or not publisher.alive():
                 return ExitCode.ERROR
             continue
-        if len(events) < SMALL_BATCH_EVENTS:
-            try:
-                time.sleep(READ_LINGER_S)
-                events += poll_many(0.0, READ_BATCH_EVENTS)
-            except KeyboardInterrupt:  # what we hold still goes to the buffer
-                stop.event.set()
-            except Exception:  # the reader failed: what we hold is delivered, then reported
-                put_many(events)
-                raise
         put_many(events)
         if publisher.fatal_error:
             return ExitCode.ERROR
