@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup install run test test-rust test-python soak fuzz lint bench wheels test-cross clean
+.PHONY: setup install run test test-rust test-python soak fuzz lint bench bench-details wheels test-cross clean
 
 # Debian packages, Python tools and the package itself; safe to run again.
 setup:
@@ -38,7 +38,13 @@ lint:
 	$(PYTHON) -m ruff check python tests bench scripts
 	$(PYTHON) -m mypy
 
+# The hard cases first, default flags, one run (about 7 minutes): bare iterator, collector into
+# an instant-ack sink and into RabbitMQ, 60/s to the kernel's maximum and a 200k burst.
 bench: setup install
+	$(PYTHON) bench/bench.py
+
+# The older, narrower benchmarks: beside `conntrack -E`, rate phases into RabbitMQ, the filter.
+bench-details: setup install
 	$(PYTHON) bench/bench_iterator.py
 	$(PYTHON) bench/bench_publish.py
 	$(PYTHON) bench/bench_filter.py

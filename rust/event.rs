@@ -32,6 +32,11 @@ impl EventType {
             .find(|t| t.name().eq_ignore_ascii_case(name.trim()))
     }
 
+    /// 0, 1, 2 in the kernel's order, for per-type counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn multicast_group(self) -> u32 {
         match self {
             EventType::New => NFNLGRP_CONNTRACK_NEW,

@@ -18,7 +18,7 @@ use crate::filter::{Filter, FilterText};
 use crate::json;
 use crate::kernel;
 use crate::netns;
-use crate::queue::Pop;
+use crate::queue::{Pop, PopMany};
 use crate::reader::{Options, Stream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_EVENTS, DEFAULT_TYPES};
 use crate::schema::{self, Field, Fields, Key, Scalar};
 
@@ -151,14 +151,67 @@ impl EventStream {
         let deadline = poll_deadline(timeout_s)?;
         loop {
             py.check_signals()?;
-            let slice = deadline
-                .saturating_duration_since(Instant::now())
-                .min(WAIT_SLICE);
-            match py.allow_threads(|| self.stream.pop(slice)) {
+            match py.allow_threads(|| self.stream.pop(slice_until(deadline))) {
                 Pop::Event(event, dropped) => return self.deliver(py, &event, dropped).map(Some),
                 Pop::Timeout if Instant::now() < deadline => continue,
                 Pop::Timeout | Pop::Ended(None) => return Ok(None),
                 Pop::Ended(Some(error)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Up to `max_events` events, oldest first, as soon as there is one; an empty list when
+    /// none arrives within `timeout_s` seconds, or once the stream has ended. The GIL is
+    /// released while waiting and while the events are encoded; it is taken once per batch.
+    fn poll_many<'py>(
+        &self,
+        py: Python<'py>,
+        timeout_s: f64,
+        max_events: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        if max_events == 0 {
+            return Err(PyValueError::new_err("max_events must be at least 1"));
+        }
+        let deadline = poll_deadline(timeout_s)?;
+        let mut events = Vec::new();
+        loop {
+            py.check_signals()?;
+            let popped = py.allow_threads(|| {
+                let popped = self
+                    .stream
+                    .pop_many(slice_until(deadline), max_events, &mut events);
+                // JSON is written here, without the GIL: the consumer thread only wraps it.
+                let json = matches!(popped, PopMany::Events(_) if self.as_json)
+                    .then(|| json_batch(&events, self.fields));
+                (popped, json)
+            });
+            match popped {
+                (PopMany::Events(kernel_dropped), json) => {
+                    if kernel_dropped > 0 {
+                        self.log_kernel_drops(py, kernel_dropped)?;
+                    }
+                    return match json {
+                        Some((bytes, ends)) => {
+                            let mut start = 0;
+                            let items = ends.iter().map(|&end| {
+                                let item = PyBytes::new(py, &bytes[start..end]);
+                                start = end;
+                                item
+                            });
+                            PyList::new(py, items)
+                        }
+                        None => {
+                            let list = PyList::empty(py);
+                            for event in &events {
+                                list.append(event_dict(py, event, self.fields)?)?;
+                            }
+                            Ok(list)
+                        }
+                    };
+                }
+                (PopMany::Timeout, _) if Instant::now() < deadline => continue,
+                (PopMany::Timeout | PopMany::Ended(None), _) => return Ok(PyList::empty(py)),
+                (PopMany::Ended(Some(error)), _) => return Err(error.into()),
             }
         }
     }
@@ -169,6 +222,10 @@ impl EventStream {
         let dict = PyDict::new(py);
         dict.set_item("received", stats.received)?;
         dict.set_item("delivered", stats.delivered)?;
+        for event_type in EventType::ALL {
+            let key = format!("delivered_{}", event_type.name().to_ascii_lowercase());
+            dict.set_item(key, stats.delivered_by_type[event_type.index()])?;
+        }
         dict.set_item("filtered", stats.filtered)?;
         dict.set_item("filtered_by_fallback", stats.filtered_by_fallback)?;
         dict.set_item("overruns", stats.overruns)?;
@@ -269,6 +326,24 @@ fn poll_deadline(timeout_s: f64) -> PyResult<Instant> {
     }
     let timeout = Duration::try_from_secs_f64(timeout_s).map_err(|_| invalid())?;
     Instant::now().checked_add(timeout).ok_or_else(invalid)
+}
+
+/// The next wait: up to the deadline, at most one slice (so signals are seen).
+fn slice_until(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .min(WAIT_SLICE)
+}
+
+/// The events' JSON, one after the other in one buffer, and where each ends.
+fn json_batch(events: &[Event], fields: Fields) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = Vec::with_capacity(events.len() * 512);
+    let mut ends = Vec::with_capacity(events.len());
+    for event in events {
+        json::write_event_with(event, fields, &mut bytes);
+        ends.push(bytes.len());
+    }
+    (bytes, ends)
 }
 
 fn default_type_names() -> Vec<String> {

@@ -39,6 +39,9 @@ pub struct Stats {
     pub decode_errors: u64,
     /// Events handed to the consumer.
     pub delivered: u64,
+    /// Of those, by type, indexed by `EventType::index`: the consumer need not read the type
+    /// back out of each event.
+    pub delivered_by_type: [u64; 3],
     /// The most events ever waiting in the queue at once.
     pub peak_queued: u64,
 }
@@ -46,6 +49,15 @@ pub struct Stats {
 pub enum Pop {
     /// An event, and the kernel_dropped total so far (so the consumer can report growth).
     Event(Event, u64),
+    Timeout,
+    /// The reader has stopped and the queue is empty; `Some` the first time it failed.
+    Ended(Option<Error>),
+}
+
+/// What `pop_many` found; the events themselves are appended to the caller's vector.
+pub enum PopMany {
+    /// At least one event was taken; the kernel_dropped total so far.
+    Events(u64),
     Timeout,
     /// The reader has stopped and the queue is empty; `Some` the first time it failed.
     Ended(Option<Error>),
@@ -121,30 +133,55 @@ impl Queue {
 
     /// Takes the oldest event, waiting up to `timeout` for one.
     pub fn pop(&self, timeout: Duration) -> Pop {
-        let deadline = Instant::now() + timeout;
+        let mut events = Vec::with_capacity(1);
+        match self.pop_many(timeout, 1, &mut events) {
+            PopMany::Events(overruns) => match events.pop() {
+                Some(event) => Pop::Event(event, overruns),
+                None => Pop::Timeout,
+            },
+            PopMany::Timeout => Pop::Timeout,
+            PopMany::Ended(failure) => Pop::Ended(failure),
+        }
+    }
+
+    /// Moves up to `max_events` of the oldest events to `out`, waiting up to `timeout` for the
+    /// first; never waits for more once it has one. One lock and at most one wake-up of the
+    /// reader per call, however many events it takes.
+    pub fn pop_many(&self, timeout: Duration, max_events: usize, out: &mut Vec<Event>) -> PopMany {
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.lock();
         loop {
-            if let Some(event) = state.events.pop_front() {
-                state.stats.delivered += 1;
-                let kernel_dropped = state.stats.kernel_dropped;
-                // The reader waits only on a full queue: wake it only when this made room.
-                let was_full = state.events.len() + 1 == self.capacity;
+            if !state.events.is_empty() {
+                let was_full = state.events.len() >= self.capacity;
+                let n = max_events.max(1).min(state.events.len());
+                let stats = &mut state.stats;
+                stats.delivered += n as u64;
+                let kernel_dropped = stats.kernel_dropped;
+                let taken = out.len();
+                out.extend(state.events.drain(..n));
+                for event in &out[taken..] {
+                    state.stats.delivered_by_type[event.event_type.index()] += 1;
+                }
                 drop(state);
+                // The reader waits only on a full queue: wake it only when this made room.
                 if was_full {
                     self.not_full.notify_one();
                 }
-                return Pop::Event(event, kernel_dropped);
+                return PopMany::Events(kernel_dropped);
             }
             if state.ended {
-                return Pop::Ended(state.failure.take());
+                return PopMany::Ended(state.failure.take());
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Pop::Timeout;
-            }
+            // No deadline: a timeout too large to add to the clock waits for ever.
+            let wait = match deadline {
+                Some(deadline) if now >= deadline => return PopMany::Timeout,
+                Some(deadline) => deadline - now,
+                None => Duration::from_secs(3600),
+            };
             state = self
                 .not_empty
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, wait)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
@@ -183,7 +220,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use super::{Pop, Queue};
+    use super::{Pop, PopMany, Queue};
     use crate::event::Event;
     use crate::tests::decode_file;
 
@@ -333,6 +370,38 @@ mod tests {
         assert!(matches!(
             queue.pop(Duration::from_millis(1)),
             Pop::Ended(None)
+        ));
+    }
+
+    #[test]
+    fn queue_pop_many_takes_a_batch_in_order_and_counts_types() {
+        let queue = Queue::new(4);
+        let stop = AtomicBool::new(false);
+        for id in 1..=4 {
+            assert!(queue.push(sample_event(id), &stop));
+        }
+        let mut events = Vec::new();
+        assert!(matches!(
+            queue.pop_many(Duration::from_secs(1), 3, &mut events),
+            PopMany::Events(0)
+        ));
+        assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(matches!(
+            queue.pop_many(Duration::from_secs(1), 10, &mut events),
+            PopMany::Events(0)
+        ));
+        assert_eq!(events.len(), 4);
+        assert!(matches!(
+            queue.pop_many(Duration::from_millis(10), 10, &mut events),
+            PopMany::Timeout
+        ));
+        let (stats, queued) = queue.stats();
+        assert_eq!((stats.delivered, queued), (4, 0));
+        assert_eq!(stats.delivered_by_type, [4, 0, 0]);
+        queue.finish(None);
+        assert!(matches!(
+            queue.pop_many(Duration::from_secs(1), 10, &mut events),
+            PopMany::Ended(None)
         ));
     }
 }

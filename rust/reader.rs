@@ -17,7 +17,7 @@ use crate::event::EventType;
 use crate::filter::Filter;
 use crate::kernel;
 use crate::netns;
-use crate::queue::{Pop, Queue, Stats};
+use crate::queue::{Pop, PopMany, Queue, Stats};
 use crate::schema::{Field, Fields};
 use crate::socket::{EventSocket, Received};
 
@@ -156,6 +156,15 @@ impl Stream {
 
     pub fn pop(&self, timeout: Duration) -> Pop {
         self.queue.pop(timeout)
+    }
+
+    pub fn pop_many(
+        &self,
+        timeout: Duration,
+        max_events: usize,
+        out: &mut Vec<crate::event::Event>,
+    ) -> PopMany {
+        self.queue.pop_many(timeout, max_events, out)
     }
 
     pub fn stats(&self) -> (Stats, usize) {

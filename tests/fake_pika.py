@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pika.exceptions
+import pika.frame
+import pika.spec
 
 
 class FakeIOLoop:
@@ -92,6 +94,9 @@ class FakeChannel:
     def basic_publish(self, exchange: str, routing_key: str, body: bytes, *,
                       properties: Any, mandatory: bool) -> None:
         assert mandatory and routing_key == "" and properties.delivery_mode == 2
+        self.record(body, properties)
+
+    def record(self, body: bytes, properties: Any) -> None:
         assert not self.connection.closed, "published on a closed connection"
         self.last_tag += 1
         events = properties.headers.get("events", 1)
@@ -138,6 +143,28 @@ class FakeConnection:
 
     def open(self) -> None:
         self.on_open(self)
+
+    def _output_marshaled_frames(self, frames: list[bytes]) -> None:
+        """The bulk write (the session's own frames): parsed with pika's frame decoder, each
+        message recorded as basic_publish records it."""
+        data = b"".join(frames)
+        pos, properties, size, body = 0, None, 0, b""
+        assert self.channel_ is not None
+        while pos < len(data):
+            consumed, frame = pika.frame.decode_frame(data[pos:])
+            assert frame is not None, "a frame cut short"
+            pos += consumed
+            if isinstance(frame, pika.frame.Method):
+                assert isinstance(frame.method, pika.spec.Basic.Publish) and frame.method.mandatory
+                properties, body = None, b""
+            elif isinstance(frame, pika.frame.Header):
+                properties, size = frame.properties, frame.body_size
+                assert properties.delivery_mode == 2
+            elif isinstance(frame, pika.frame.Body):
+                body += frame.fragment
+            if properties is not None and len(body) == size:
+                self.channel_.record(body, properties)
+                properties = None
 
     def lose(self) -> None:
         """The TCP connection is gone (a broker killed, a reset)."""

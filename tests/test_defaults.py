@@ -4,9 +4,10 @@ from it, and this checks they still do."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import conntrack_collector
-from conntrack_collector import _native
+from conntrack_collector import _native, buffer
 from conntrack_collector.cli import cli
 
 
@@ -24,6 +25,19 @@ def test_the_wrapper_takes_the_native_defaults() -> None:
 def test_the_command_takes_the_native_defaults() -> None:
     assert cli_default("buffer_size") == _native.DEFAULT_BUFFER_BYTES
     assert cli_default("events") == ",".join(_native.DEFAULT_TYPES)
+
+
+def test_the_buffer_bound_is_a_share_of_the_machines_memory(tmp_path: Path) -> None:
+    """Issue 8, defect 5: 200 MB was more than a 128 MiB router has."""
+    assert cli_default("max_buffer_bytes") == buffer.default_max_bytes()
+    meminfo = tmp_path / "meminfo"
+    for total_kib, expected in ((128 << 10, 16 << 20),  # a small router: 1/8 is 16 MiB
+                                (64 << 10, 16 << 20),  # never under 16 MiB
+                                (4 << 20, 512 << 20),  # 4 GiB: 1/8
+                                (64 << 20, 1 << 30)):  # never over 1 GiB
+        meminfo.write_text(f"MemTotal:       {total_kib} kB\nMemFree:        1 kB\n")
+        assert buffer.default_max_bytes(meminfo) == expected
+    assert buffer.default_max_bytes(tmp_path / "absent") == 16 << 20
 
 
 def test_events_forwards_every_option_to_the_stream() -> None:

@@ -99,3 +99,37 @@ def test_events_generator_stream_and_context_manager() -> None:
         assert stream.poll(0.1) is None
     assert [e["Type"] for e in first_three] == ["NEW"] * 3
     assert sorted(e["Type"] for e in stream_events) == ["DESTROY"] * 3 + ["NEW"] * 3
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("as_json", [False, True])
+def test_poll_many_gives_batches_in_order_and_counts_types(as_json: bool) -> None:
+    with conntrack_netns("many") as netns, EventStream(netns=netns, as_json=as_json) as stream:
+        assert stream.poll_many(0, 10) == []
+        send_udp_flows(netns, 30)
+        flush_flows(netns)
+        events: list[object] = []
+        while len(events) < 60 and (batch := stream.poll_many(5.0, 25)):
+            assert 1 <= len(batch) <= 25
+            events.extend(batch)
+        stats = stream.stats()
+    parsed = [json.loads(e) if isinstance(e, bytes) else e for e in events]
+    assert all(isinstance(e, bytes if as_json else dict) for e in events)
+    assert [e["Type"] for e in parsed] == ["NEW"] * 30 + ["DESTROY"] * 30
+    ports = [e["Original"]["Layer4"]["Dport"] for e in parsed[:30]]
+    assert ports == sorted(ports)  # the kernel's order, kept
+    assert (stats["delivered_new"], stats["delivered_update"], stats["delivered_destroy"]) == (
+        30, 0, 30)
+    assert stats["delivered"] == 60
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("timeout_s", [float("nan"), float("inf"), -1.0, 1e19])
+def test_poll_many_takes_the_timeouts_poll_takes(timeout_s: float) -> None:
+    """As poll's: NaN, infinity, a negative timeout and one the clock cannot add (a Rust panic
+    once) are a ValueError; so is max_events 0."""
+    with conntrack_netns("timeout") as netns, EventStream(netns=netns) as stream:
+        with pytest.raises(ValueError, match="timeout_s must be a finite, non-negative"):
+            stream.poll_many(timeout_s, 10)
+        with pytest.raises(ValueError, match="max_events"):
+            stream.poll_many(0.0, 0)

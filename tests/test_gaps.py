@@ -16,7 +16,9 @@ def test_a_run_of_refused_events_is_one_gap_before_the_next_event_kept() -> None
     stats = CollectorStats()
     buffer = EventBuffer(max_events=2, max_bytes=10**6, stats=stats)
     assert [buffer.put(b'{"e":%d}' % i) for i in range(5)] == [True, True, False, False, False]
-    assert buffer.take(10) == [b'{"e":0}', b'{"e":1}']
+    taken = buffer.take(10)
+    assert taken == [b'{"e":0}', b'{"e":1}']
+    buffer.release(len(taken), sum(map(len, taken)))  # confirmed: no longer held
     assert buffer.put(b'{"e":5}')
     gap, event = buffer.take(10), buffer.take(10)
     assert len(gap) == 1 and is_gap(gap[0]) and event == [b'{"e":5}']  # the gap comes alone

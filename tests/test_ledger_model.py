@@ -51,6 +51,32 @@ class LedgerModel(RuleBasedStateMachine):
         assert not set(message.events) & set(self.confirmed), "a confirmed event sent again"
         self._sent(message, again=True)
 
+    @rule(sizes=st.lists(st.integers(1, 3), min_size=1, max_size=4), again=st.integers(0, 3))
+    def send_many(self, sizes: list[int], again: int) -> None:
+        """One drain: up to `again` messages waiting to be republished, then new ones, sent at
+        once (sent_many, the publisher's hot path)."""
+        batch: list[tuple[Message, bool]] = []
+        for _ in range(again):
+            message = self.ledger.next_awaiting()
+            if message is None:
+                break
+            assert not set(message.events) & set(self.confirmed), "a confirmed event sent again"
+            batch.append((message, True))
+        for n in sizes:
+            events = [b"e%d" % (self.next_event + i) for i in range(n)]
+            self.next_event += n
+            self.accepted.update(events)
+            batch.append((self.ledger.new_message(events), False))
+        counts = self.ledger.counts
+        before = (counts.published, counts.republished)
+        self.ledger.sent_many(batch)
+        assert counts.published - before[0] == sum(len(m.events) for m, a in batch if not a)
+        assert counts.republished - before[1] == sum(len(m.events) for m, a in batch if a)
+        for message, _again in batch:  # tags count up from 1, in the batch's order
+            self.last_tag += 1
+            self.in_flight[self.last_tag] = message
+        assert [m for _t, m in self.ledger.in_flight_messages()] == list(self.in_flight.values())
+
     def _sent(self, message: Message, *, again: bool) -> None:
         before = self.ledger.counts.republished if again else self.ledger.counts.published
         tag = self.ledger.sent(message, again=again)

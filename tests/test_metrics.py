@@ -58,7 +58,7 @@ def test_parse_address_refuses(address: str) -> None:
 
 def test_exports_every_counter_from_the_stats_object() -> None:
     stats = CollectorStats()
-    stats.received_by_type.update(NEW=7, DESTROY=5)
+    stats.reader_stats = lambda: {"delivered_new": 7, "delivered_destroy": 5}
     delivery = stats.delivery  # the ledger's counts: the stats only read them
     delivery.published, delivery.republished, delivery.confirmed = 10, 2, 9
     delivery.nacked, delivery.returned = 1, 1

@@ -32,7 +32,7 @@ def test_lines_are_logged_periodically_and_once_at_stop(caplog: pytest.LogCaptur
     stats = CollectorStats()
     progress = Progress(stats, lambda: {"overruns": 0}, interval_s=0.1)
     progress.start()
-    stats.received_by_type["NEW"] = 50
+    stats.reader_stats = lambda: {"delivered_new": 50}
     time.sleep(0.35)
     progress.stop()
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conntrack_collector import collector, errors
 from conntrack_collector.broker import BrokerSettings
-from conntrack_collector.buffer import EventBuffer
+from conntrack_collector.buffer import EVENT_OVERHEAD_BYTES, INDEX_BYTES, EventBuffer
 from conntrack_collector.errors import ExitCode
 from conntrack_collector.publisher import BATCH_TYPE
 from conntrack_collector.stats import CollectorStats
@@ -32,13 +32,25 @@ def event(i: int) -> bytes:
 
 
 class FakeStream:
-    """Gives its events, then waits `linger_s`, then acts as if Ctrl-C was pressed."""
+    """Gives its events, then waits `linger_s`, then acts as if Ctrl-C was pressed. Counts what
+    it hands over by type, as EventStream does."""
 
     def __init__(self, events: list[bytes], linger_s: float = 0.0) -> None:
         self._events = list(reversed(events))
         self._linger_until: float | None = None
         self._linger_s = linger_s
         self.closed = False
+        self.by_type = {"NEW": 0, "UPDATE": 0, "DESTROY": 0}
+
+    def poll_many(self, timeout_s: float, max_events: int) -> list[bytes]:
+        """As EventStream's: whatever is there, up to max_events; waits only for the first."""
+        event = self.poll(timeout_s)
+        events = [] if event is None else [event]
+        while self._events and len(events) < max_events:
+            events.append(self._events.pop())
+        for each in events:
+            self.by_type[json.loads(each)["Type"]] += 1
+        return events
 
     def poll(self, timeout_s: float) -> bytes | None:
         if self._events:
@@ -57,7 +69,8 @@ class FakeStream:
         self.closed = True
 
     def stats(self) -> dict[str, Any]:
-        return {"queued": 0, "overruns": 0}
+        return {"queued": 0, "overruns": 0,
+                **{f"delivered_{t.lower()}": n for t, n in self.by_type.items()}}
 
 
 def settings(exchange: str, *, port: int = 5672, password: str = "guest", batch_events: int = 1,
@@ -91,12 +104,49 @@ def test_buffer_drops_the_newest_beyond_its_event_bound_and_counts() -> None:
     assert stats.publish_buffer_events == 0
 
 
-def test_buffer_bound_in_bytes() -> None:
+def test_buffer_bound_in_bytes_counts_each_event_as_the_publisher_will_hold_it() -> None:
     stats = CollectorStats()
-    buffer = EventBuffer(max_events=100, max_bytes=10, stats=stats)
+    # Each event counts its JSON and its overhead as a Python object once taken.
+    buffer = EventBuffer(max_events=100, max_bytes=2 * (5 + EVENT_OVERHEAD_BYTES), stats=stats)
     assert buffer.put(b"12345") and buffer.put(b"12345")
     assert not buffer.put(b"1")
     assert stats.publish_buffer_bytes == 10 and stats.dropped == 1
+    # Waiting, they are compact: their JSON and a 4-byte offset each.
+    assert buffer.held_bytes == 2 * (5 + INDEX_BYTES)
+
+
+def test_buffer_bound_counts_what_the_publisher_holds_until_released() -> None:
+    """Issue 8, defect 5: events taken by the publisher (in flight, waiting to be sent again)
+    are still in memory; the bound counts them until the broker confirms them."""
+    stats = CollectorStats()
+    held = 3 * (100 + EVENT_OVERHEAD_BYTES)
+    buffer = EventBuffer(max_events=10, max_bytes=held, stats=stats)
+    assert buffer.put_many([b"x" * 100] * 3) == 3
+    taken = buffer.take(10)
+    assert len(taken) == 3 and len(buffer) == 0
+    assert buffer.held_bytes == held
+    assert not buffer.put(b"y")  # the publisher still holds the bound's worth
+    buffer.release(3, 300)  # confirmed
+    assert buffer.held_bytes == 0
+    assert buffer.put(b"y")
+    assert stats.dropped_by_reason == {"buffer_full": 1}
+
+
+def test_buffer_put_many_keeps_the_oldest_that_fit() -> None:
+    stats = CollectorStats()
+    buffer = EventBuffer(max_events=4, max_bytes=10**6, stats=stats)
+    assert buffer.put_many([b"a", b"b", b"c"]) == 3
+    assert buffer.put_many([b"d", b"e", b"f"]) == 1
+    assert buffer.take(10) == [b"a", b"b", b"c", b"d"]
+    assert stats.dropped_by_reason == {"buffer_full": 2}
+
+
+def test_buffer_take_respects_max_bytes_but_takes_at_least_one() -> None:
+    buffer = EventBuffer(max_events=100, max_bytes=10**6, stats=CollectorStats())
+    buffer.put_many([b"x" * 10, b"y" * 10, b"z" * 30, b"w"])
+    assert buffer.take(10, max_bytes=25) == [b"x" * 10, b"y" * 10]
+    assert buffer.take(10, max_bytes=25) == [b"z" * 30]  # alone over the bound: still taken
+    assert buffer.take(10, max_bytes=25) == [b"w"]
 
 
 def test_buffer_drop_is_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -79,6 +79,14 @@ class ScriptedStream:
     def stop_reading(self) -> None:
         pass
 
+    def poll_many(self, timeout_s: float, max_events: int) -> list[bytes]:
+        """As EventStream's: whatever is there, up to max_events; waits only for the first."""
+        event = self.poll(timeout_s)
+        events = [] if event is None else [event]
+        while self._pending and len(events) < max_events:
+            events.append(self._pending.pop(0))
+        return events
+
     def close(self) -> None:
         pass
 

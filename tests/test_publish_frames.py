@@ -46,3 +46,15 @@ def test_batch_message_with_type_and_event_count() -> None:
     body = b"[" + b",".join([b"{}"] * 100) + b"]"
     assert encoder.encode(body, "p-1", 7, {"events": 100}) == pika_bytes(
         1, "ex", body, properties, False, 4096)
+
+
+@pytest.mark.parametrize("frame_max", [4096, 131_072])
+def test_many_messages_at_once_are_the_bytes_of_each(frame_max: int) -> None:
+    encoder = PublishEncoder(2, "conntrack", "", mandatory=True, content_type="application/json",
+                             headers={"router_id": "0123456789ab"}, frame_max=frame_max)
+    bodies = [b"", b"{}", b"x" * 470, b"y" * 10_000]
+    ids = [f"5f1e2d3c4b5a6978-{n}" for n in (1, 22, 333, 4444)]
+    sequences = [1, 2**31 - 1, 2**31, 10**12]  # pika's int is 32-bit while it fits
+    assert encoder.encode_many(bodies, ids, sequences, 1_764_160_000) == b"".join(
+        encoder.encode(body, message_id, 1_764_160_000, {"sequence": sequence})
+        for body, message_id, sequence in zip(bodies, ids, sequences))

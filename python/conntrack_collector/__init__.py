@@ -11,7 +11,6 @@ public API and the only one users import.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Iterator
 from types import TracebackType
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["FIELDS", "ConntrackError", "Event", "EventStream", "__version__", "decode_datagram",
            "events"]
 __version__: str = _native.__version__
-
-logger = logging.getLogger("conntrack_collector")
 
 #: An event as a dict, in the reference's message schema (see the README), or its JSON bytes.
 Event = Union[dict[str, Any], bytes]
@@ -116,8 +113,11 @@ class EventStream:
             fields=list(fields),
             filter={name: filter_items(value) for name, value in lists.items() if value},
         )
-        for warning in self._native.startup_warnings:
-            logger.warning("%s", warning)
+        if self._native.startup_warnings:
+            import logging  # only now: `version` and friends start faster without it
+
+            for warning in self._native.startup_warnings:
+                logging.getLogger("conntrack_collector").warning("%s", warning)
 
     def __iter__(self) -> Iterator[Event]:
         # The native object iterates itself: no Python frame per event.
@@ -131,8 +131,15 @@ class EventStream:
         ValueError for a negative one, NaN or infinity: iterate to wait for ever)."""
         return self._native.poll(timeout_s)
 
+    def poll_many(self, timeout_s: float, max_events: int = 1024) -> list[Event]:
+        """Up to `max_events` events, oldest first, as soon as there is one; [] if none
+        arrives within `timeout_s` seconds. The cheap way to keep up with a busy kernel: one
+        call, one GIL handoff and (as_json) the JSON written without the GIL, per batch."""
+        return self._native.poll_many(timeout_s, max_events)
+
     def stats(self) -> dict[str, int]:
-        """received, delivered, filtered (by nat_only or type), filtered_by_fallback (left
+        """received, delivered (delivered_new, delivered_update, delivered_destroy: of those,
+        by type), filtered (by nat_only or type), filtered_by_fallback (left
         out by the accept/ignore rules in userspace, after the kernel's filter let them
         through), overruns (times the socket reported ENOBUFS: once per overrun, never in
         reliable mode), kernel_dropped (events the kernel could not queue for us, its buffer

@@ -57,9 +57,15 @@ class EventStream:
         """One event, or None if none arrives within `timeout_s` seconds. `timeout_s` is a
         finite number >= 0 (0: do not wait); ValueError for a negative one, NaN, infinity or
         one the clock cannot add (iterate to wait for ever)."""
+    def poll_many(self, timeout_s: float, max_events: int) -> list[Event]:
+        """Up to `max_events` events, oldest first, as soon as one is there; [] if none
+        arrives within `timeout_s` seconds (as poll's) or the stream has ended; ValueError for
+        max_events 0. The GIL is released while waiting and while JSON is written; it is
+        taken once for the whole batch."""
     def stats(self) -> dict[str, int]:
-        """received, delivered, filtered, filtered_by_fallback, overruns, kernel_dropped,
-        read_at_stop, stop_cut_short, decode_errors, queued, peak_queued, socket_buffer_bytes."""
+        """received, delivered, delivered_new, delivered_update, delivered_destroy, filtered,
+        filtered_by_fallback, overruns, kernel_dropped, read_at_stop, stop_cut_short,
+        decode_errors, queued, peak_queued, socket_buffer_bytes."""
     def stop_reading(self) -> None:
         """Reads what the socket still holds into the stream, then ends it."""
     def close(self) -> None:

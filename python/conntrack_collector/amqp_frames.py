@@ -28,6 +28,9 @@ FLAG_TYPE = 1 << 5
 
 _frame_head = struct.Struct(">BHI")
 _header_sizes = struct.Struct(">HHQH")  # class, weight, body size, property flags
+# A header frame's head and the start of its payload, in one.
+_header_start = struct.Struct(">BHIHHQH")
+_SEQUENCE_KEY = b"\x08sequence"  # the shortstr of the per-message header's name
 
 
 def shortstr(text: str) -> bytes:
@@ -83,6 +86,8 @@ class PublishEncoder:
         self._static_entries = table_entries(headers)
         self._static_headers = table(headers)
         self._type = shortstr(message_type) if message_type else b""
+        # The header frame's properties before the message_id, when no header is added.
+        self._static_properties = self._content_type + self._static_headers + b"\x02"
 
     def encode(self, body: bytes, message_id: str, timestamp_s: int,
                extra_headers: dict[str, object] | None = None) -> bytes:
@@ -100,4 +105,46 @@ class PublishEncoder:
         step = self._max_body_frame
         for start in range(0, len(body), step):
             parts.append(frame(FRAME_BODY, self.channel, body[start:start + step]))
+        return b"".join(parts)
+
+    def encode_many(self, bodies: list[bytes], message_ids: list[str], sequences: list[int],
+                    timestamp_s: int) -> bytes:
+        """The frames of many messages, each with the static headers and its `sequence`, one
+        after the other: the same bytes as `encode(body, id, ts, {"sequence": n})` of each,
+        without its per-call work (the publisher's hot path: a message per event)."""
+        channel, step, end = self.channel, self._max_body_frame, FRAME_END
+        method, content_type = self._method, self._content_type
+        static_entries = self._static_entries
+        tail = struct.pack(">Q", timestamp_s) + self._type
+        pack_header = _header_start.pack
+        pack_head = _frame_head.pack
+        flags = self._flags
+        parts: list[bytes] = []
+        append = parts.append
+        for body, message_id, sequence in zip(bodies, message_ids, sequences):
+            mid = message_id.encode()
+            if len(mid) > 255:
+                raise ValueError(f"AMQP short string longer than 255 bytes: {message_id[:40]!r}...")
+            # As pika encodes an int: 32-bit while it fits.
+            entry = _SEQUENCE_KEY + (b"I" + struct.pack(">i", sequence) if sequence < 2**31
+                                     else b"l" + struct.pack(">q", sequence))
+            headers_size = struct.pack(">I", len(static_entries) + len(entry))
+            properties = b"".join((content_type, headers_size, static_entries, entry, b"\x02"))
+            size = len(body)
+            append(method)
+            append(pack_header(FRAME_HEADER, channel, 14 + len(properties) + 1 + len(mid)
+                               + len(tail), BASIC_CLASS, 0, size, flags))
+            append(properties)
+            append(bytes((len(mid),)))
+            append(mid)
+            append(tail)
+            append(end)
+            if size <= step:
+                if size:
+                    append(pack_head(FRAME_BODY, channel, size))
+                    append(body)
+                    append(end)
+            else:
+                for start in range(0, size, step):
+                    append(frame(FRAME_BODY, channel, body[start:start + step]))
         return b"".join(parts)

@@ -7,9 +7,14 @@ import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pika  # type: ignore[import-untyped]
-import pika.exceptions  # type: ignore[import-untyped]
+if TYPE_CHECKING:  # pika is imported when publishing: it costs start-up time
+    import pika  # type: ignore[import-untyped]
+
+
+# A batch's body at most (--batch-bytes): well under RabbitMQ 4's max_message_size (16 MiB).
+DEFAULT_BATCH_BYTES = 4 << 20
 
 
 class BrokerConfigError(Exception):
@@ -126,6 +131,8 @@ def connection_parameters(settings: BrokerSettings, context: ssl.SSLContext | No
                           host: str, port: int, user: str, password: str
                           ) -> pika.ConnectionParameters:
     """The parameters of one connection attempt to one host, with the credentials of now."""
+    import pika
+
     return pika.ConnectionParameters(
         host=host,
         port=port,
@@ -177,6 +184,8 @@ def connect_refusal(exc: BaseException, host: str, port: int, settings: BrokerSe
     failed verification. None for everything else, transient: pika raises its
     Probable{Authentication,AccessDenied}Error for ANY connection lost during the handshake
     (a node restarting, a load balancer with no backend), and a TLS EOF or reset is the same."""
+    import pika.exceptions  # type: ignore[import-untyped]
+
     where = f"RabbitMQ at {host}:{port}"
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):

@@ -1,20 +1,37 @@
 """The bounded buffer between the reader loop and the publisher thread.
 
-The reader never waits on the broker: `put` never blocks. When the buffer is full (in events
-or in bytes) the NEWEST event is refused, counted and logged. We drop the newest rather than
-the oldest so that what is queued stays one gap-free stretch of the event stream, and so that
-events already handed to the publisher (perhaps published, waiting for a confirm) never vanish.
+The reader never waits on the broker: `put_many` never blocks. When the bound would be
+exceeded (in events or in bytes) the NEWEST events are refused, counted and logged. We drop the
+newest rather than the oldest so that what is queued stays one gap-free stretch of the event
+stream, and so that events already handed to the publisher (perhaps published, waiting for a
+confirm) never vanish.
+
+What the bound counts is what the collector really holds: the events waiting here, and those
+taken by the publisher and not yet confirmed (in flight, or waiting to be published again),
+which `release` gives back when the broker confirms them. Waiting events are kept compact,
+their JSON bytes concatenated in chunks with an array of where each ends (4 bytes an event
+beside its JSON), not as one Python object each (about 40 bytes more an event, and a
+fragmented heap); taken events are Python objects again. An event is let in only if the bound
+has room for it at what it will cost once taken (its JSON and EVENT_OVERHEAD_BYTES), so
+taking never pushes what is held over the bound. The default bound is a share of the
+machine's memory (`default_max_bytes`).
+
 Refused events leave a gap item (gaps.py) where they would have been, before the next event
-kept; gap items are outside the bounds (a run of refusals makes one).
+kept; a gap item is an entry of its own between chunks, outside the bounds (a run of refusals
+makes one), and `take` hands it out alone: it is a message of its own.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import threading
 import time
+from array import array
 from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable
 
 from . import gaps
@@ -23,6 +40,51 @@ from .stats import CollectorStats, DropReason
 log = logging.getLogger("conntrack_collector")
 
 DROP_LOG_INTERVAL_S = 10.0
+# A chunk of waiting events is closed at this size; a consumed one is freed at once.
+CHUNK_BYTES = 1 << 20
+# What a waiting event costs beside its JSON: its end offset (array "I").
+INDEX_BYTES = 4
+# What an event taken by the publisher costs beside its JSON: a bytes object's header (33 B)
+# and its slot in a tuple, rounded up to the allocator's granule.
+EVENT_OVERHEAD_BYTES = 48
+
+# --max-buffer-bytes by default: this share of MemTotal, within these bounds, so that a
+# long outage on a 128 MiB router fills 16 MiB, not the whole memory.
+MEMORY_SHARE = 8  # 1/8 of MemTotal
+MIN_DEFAULT_BYTES = 16 << 20
+MAX_DEFAULT_BYTES = 1 << 30
+MEMINFO = Path("/proc/meminfo")
+
+
+def default_max_bytes(meminfo: Path = MEMINFO) -> int:
+    """1/8 of the machine's memory (MemTotal), at least 16 MiB and at most 1 GiB; 16 MiB when
+    MemTotal cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+                return max(MIN_DEFAULT_BYTES, min(MAX_DEFAULT_BYTES, total // MEMORY_SHARE))
+    except (OSError, ValueError, IndexError):
+        pass
+    return MIN_DEFAULT_BYTES
+
+
+class _Chunk:
+    """Events' JSON one after the other; `ends[i]` is where event i ends; `first` the first
+    event not yet taken."""
+
+    __slots__ = ("data", "ends", "first")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ends = array("I")
+        self.first = 0
+
+    def __len__(self) -> int:
+        return len(self.ends) - self.first
+
+    def start_of(self, i: int) -> int:
+        return self.ends[i - 1] if i else 0
 
 
 class EventBuffer:
@@ -30,33 +92,69 @@ class EventBuffer:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._stats = stats
-        self._events: deque[bytes] = deque()
-        self._bytes = 0
+        self._chunks: deque[_Chunk | bytes] = deque()  # bytes: a gap item
+        self._events = 0  # waiting here
+        self._bytes = 0  # their JSON bytes
+        self._taken_events = 0  # taken, not yet released
+        self._taken_bytes = 0  # their JSON bytes and overhead
         self._lock = threading.Lock()
         # Called (outside the lock) on the first put after the consumer found us empty.
         self._waker: Callable[[], None] | None = None
         self._drops_unlogged = 0
         self._last_drop_log = 0.0
         self._refused: list[int] | None = None  # [events, from_ms, to_ms] since the last kept
-        self._gap_items = 0  # of what it holds
+        self._gap_items = 0  # waiting here
+
+    @property
+    def held_bytes(self) -> int:
+        """What is held: waiting events with their index, taken ones with their overhead."""
+        return self._bytes + INDEX_BYTES * self._events + self._taken_bytes
+
+    @property
+    def committed_bytes(self) -> int:
+        """What the bound counts: what is held once every waiting event is taken too."""
+        return self._bytes + EVENT_OVERHEAD_BYTES * self._events + self._taken_bytes
+
+    @property
+    def held_events(self) -> int:
+        return self._events + self._taken_events
 
     def put(self, event: bytes) -> bool:
         """Queue one event; False when it was dropped because the buffer is full."""
-        size = len(event)
+        return self.put_many((event,)) == 1
+
+    def put_many(self, events: Sequence[bytes]) -> int:
+        """Queue events in order; returns how many were kept (the first ones: the rest are
+        dropped as the bound is reached)."""
+        if not events:
+            return 0
+        sizes = list(map(len, events))
         with self._lock:
-            if len(self._events) >= self.max_events or self._bytes + size > self.max_bytes:
-                self._dropped()
-                return False
-            if self._refused is not None:
-                self._append_refused()
-            self._events.append(event)
-            self._bytes += size
-            self._stats.publish_buffer_events = len(self._events)
-            self._stats.publish_buffer_bytes = self._bytes
-            waker, self._waker = self._waker, None
+            room_events = self.max_events - self.held_events
+            room_bytes = self.max_bytes - self.committed_bytes
+            kept = len(events)
+            total = sum(sizes)
+            if kept > room_events or total + EVENT_OVERHEAD_BYTES * kept > room_bytes:
+                kept = max(0, min(kept, room_events))
+                # The longest prefix within the bytes left.
+                costs = itertools.accumulate(size + EVENT_OVERHEAD_BYTES for size in sizes[:kept])
+                kept = bisect.bisect_right(list(costs), room_bytes)
+                total = sum(sizes[:kept])
+            if kept:
+                if self._refused is not None:
+                    self._append_refused()
+                self._append(events, sizes, kept)
+                self._events += kept
+                self._bytes += total
+                self._publish_counts()
+                waker, self._waker = self._waker, None
+            else:
+                waker = None
+            if kept < len(events):
+                self._dropped(len(events) - kept)
         if waker is not None:
             waker()
-        return True
+        return kept
 
     def put_gap(self, item: bytes | None) -> None:
         """Queue a gap item (gaps.gap_record), whatever the bounds: it stands for lost events.
@@ -66,10 +164,9 @@ class EventBuffer:
             if self._refused is not None:
                 self._append_refused()
             if item is not None:
-                self._events.append(item)
-                self._bytes += len(item)
+                self._chunks.append(item)
                 self._gap_items += 1
-            self._stats.publish_buffer_events = len(self._events)
+            self._publish_counts()
             waker, self._waker = self._waker, None
         if waker is not None:
             waker()
@@ -77,87 +174,115 @@ class EventBuffer:
     def _append_refused(self) -> None:
         lost, from_ms, to_ms = self._refused or (0, 0, 0)
         self._refused = None
-        item = gaps.gap_record(lost, gaps.BUFFER, from_ms, to_ms)
-        self._events.append(item)
-        self._bytes += len(item)
+        self._chunks.append(gaps.gap_record(lost, gaps.BUFFER, from_ms, to_ms))
         self._gap_items += 1
 
-    def put_many(self, events: list[bytes]) -> int:
-        """Queue events in order; returns how many were kept (the rest dropped as full)."""
-        return sum(self.put(event) for event in events)
+    def _append(self, events: Sequence[bytes], sizes: list[int], kept: int) -> None:
+        chunk = self._chunks[-1] if self._chunks else None
+        if not isinstance(chunk, _Chunk) or len(chunk.data) >= CHUNK_BYTES:
+            chunk = _Chunk()
+            self._chunks.append(chunk)
+        base = len(chunk.data)
+        chunk.data += b"".join(itertools.islice(events, kept))
+        # Each event's end; the first value accumulate gives is `initial`, the previous end.
+        ends = itertools.accumulate(sizes[:kept], initial=base)
+        chunk.ends.extend(itertools.islice(ends, 1, None))
 
     def take(self, max_events: int, *, max_bytes: int | None = None,
              waker: Callable[[], None] | None = None) -> list[bytes]:
         """Up to max_events of the oldest events, and no more than max_bytes of them (but at
-        least one, whatever its size); those before a gap item, or the gap item alone. When there are none and a waker is given, it is called
-        once by the next put, so the consumer need not poll."""
+        least one, whatever its size); those before a gap item, or the gap item alone. When
+        there are none and a waker is given, it is called once by the next put, so the consumer
+        need not poll. What is taken stays counted against the bound until `release` (gap items
+        are outside it)."""
+        taken: list[bytes] = []
         with self._lock:
-            events = self._events
-            n = min(max_events, len(events))
-            if max_bytes is not None:
-                size, fit = 0, 0
-                for event in itertools.islice(events, n):
-                    if fit and size + len(event) > max_bytes:
-                        break
-                    size += len(event)
-                    fit += 1
-                n = fit
-            if self._gap_items:  # a gap item comes alone: it is a message of its own
-                for i, item in enumerate(itertools.islice(events, n)):
-                    if gaps.is_gap(item):
-                        n = max(i, 1)
-                        break
-            taken = [events.popleft() for _ in range(n)]
-            if self._gap_items:
-                self._gap_items -= sum(map(gaps.is_gap, taken))
-            self._bytes -= sum(map(len, taken))
-            self._stats.publish_buffer_events = len(events)
-            self._stats.publish_buffer_bytes = self._bytes
+            while self._chunks and len(taken) < max_events:
+                chunk = self._chunks[0]
+                if not isinstance(chunk, _Chunk):  # a gap item: alone
+                    if not taken:
+                        self._chunks.popleft()
+                        self._gap_items -= 1
+                        self._publish_counts()
+                        return [chunk]
+                    break
+                first, ends = chunk.first, chunk.ends
+                last = min(len(ends), first + max_events - len(taken))  # exclusive
+                if max_bytes is not None:
+                    budget = max_bytes - sum(map(len, taken))
+                    fit = bisect.bisect_right(ends, chunk.start_of(first) + budget, first, last)
+                    last = max(fit, first + 1) if not taken else fit
+                if last == first:
+                    break
+                view = memoryview(chunk.data)
+                start = chunk.start_of(first)
+                for i in range(first, last):
+                    end = ends[i]
+                    taken.append(bytes(view[start:end]))
+                    start = end
+                view.release()
+                chunk.first = last
+                if last < len(ends):
+                    break  # a bound stopped us inside this chunk
+                self._chunks.popleft()
+            n = len(taken)
+            size = sum(map(len, taken))
+            self._events -= n
+            self._bytes -= size
+            self._taken_events += n
+            self._taken_bytes += size + EVENT_OVERHEAD_BYTES * n
+            self._publish_counts()
             if not taken:
                 self._waker = waker
-            return taken
+        return taken
 
     def release(self, events: int, bytes_: int) -> None:
-        """Events taken earlier are confirmed or dropped. A no-op here: this buffer bounds
-        only what it holds (the in-flight window bounds the rest)."""
+        """Events taken earlier are confirmed (or given up): no longer held."""
+        with self._lock:
+            self._taken_events -= events
+            self._taken_bytes -= bytes_ + EVENT_OVERHEAD_BYTES * events
 
     def clear(self) -> int:
         """Empty the buffer (at shutdown); returns how many events it held."""
         with self._lock:
-            n = len(self._events) - self._gap_items
+            n = self._events
+            self._chunks.clear()
+            self._events = 0
             self._gap_items = 0
-            self._events.clear()
             self._bytes = 0
-            self._stats.publish_buffer_events = 0
-            self._stats.publish_buffer_bytes = 0
+            self._publish_counts()
             self._waker = None
             return n
 
     def __len__(self) -> int:
         """Items held: events, and gap items."""
-        return len(self._events)
+        return self._events + self._gap_items
 
     @property
     def events_held(self) -> int:
-        """Events held (gap items are not events)."""
-        return len(self._events) - self._gap_items
+        """Events waiting here (gap items are not events)."""
+        return self._events
 
-    def _dropped(self) -> None:
-        self._stats.drop(DropReason.BUFFER_FULL, 1)
+    def _publish_counts(self) -> None:
+        self._stats.publish_buffer_events = self._events
+        self._stats.publish_buffer_bytes = self._bytes
+
+    def _dropped(self, events: int) -> None:
+        self._stats.drop(DropReason.BUFFER_FULL, events)
         now_ms = gaps.now_ms()
         if self._refused is None:
             self._refused = [0, now_ms, now_ms]
-        self._refused[0] += 1
+        self._refused[0] += events
         self._refused[2] = now_ms
-        self._drops_unlogged += 1
+        self._drops_unlogged += events
         now = time.monotonic()
         # The first drop is logged at once, later ones summed up every DROP_LOG_INTERVAL_S.
         if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
             log.warning(
-                "buffer full (%d events, %d bytes; bounds %d events, %d bytes): "
-                "dropped %d event(s) since the last report",
-                len(self._events), self._bytes, self.max_events, self.max_bytes,
-                self._drops_unlogged,
+                "buffer full (%d events, %d bytes held, including %d events with the "
+                "publisher; bounds %d events, %d bytes): dropped %d event(s) since the last "
+                "report", self.held_events, self.committed_bytes, self._taken_events,
+                self.max_events, self.max_bytes, self._drops_unlogged,
             )
             self._drops_unlogged = 0
             self._last_drop_log = now

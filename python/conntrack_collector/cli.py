@@ -11,18 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import rich_click as click
-import yaml
 from click.core import ParameterSource
 
 from . import FILTER_LISTS, _native, config, filter_items, observers, vault
-from .broker import BrokerConfigError, BrokerSettings, parse_hosts
+from .broker import DEFAULT_BATCH_BYTES, BrokerConfigError, BrokerSettings, parse_hosts
+from .buffer import default_max_bytes
 from .collector import RunSettings, open_stream, run
+from .command import version_line
 from .errors import Error, ExitCode
 from .kernel_tuning import KernelTuningError, netns_path, tune_kernel
-from .metrics import MetricsAddressError, parse_address
-from .publisher import DEFAULT_BATCH_BYTES
 from .router_id import default_router_id
 from .stats import CollectorStats
+
+# --max-buffer-bytes by default, for this machine (buffer.default_max_bytes).
+MAX_BUFFER_BYTES = default_max_bytes()
 
 PROG = "conntrack-event-collector"
 EVENT_TYPES = tuple(_native.EVENT_TYPES)
@@ -144,6 +146,8 @@ class Address(Text):
                 ctx: click.Context | None) -> str:
         text = super().convert(value, param, ctx)
         if text:
+            from .metrics import MetricsAddressError, parse_address  # prometheus_client: only then
+
             try:
                 parse_address(text)
             except MetricsAddressError as err:
@@ -217,8 +221,10 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 @click.group(
     name=PROG,
     invoke_without_command=True,
+    # The help's width as a mapping, not rich_config(RichHelpConfiguration): that imports rich
+    # at start-up, which only help needs.
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
-                      "max_content_width": 100},
+                      "max_content_width": 100, "rich_help_config": {"width": 100}},
     help="Watch the Linux connection-tracking table and publish every event as JSON "
          "to a RabbitMQ exchange.",
     # The reference's help texts stay as they were; what they leave out is said here.
@@ -244,7 +250,6 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
     "--accept-protocols", "--ignore-protocols", "--accept-addresses", "--ignore-addresses",
     "--accept-tcp-states", "--ignore-tcp-states"])
 @click.option_panel("Operations", options=["--metrics-addr", "--tune-kernel"])
-@click.rich_config(help_config=click.RichHelpConfiguration(width=100))
 @click.help_option("-h", "--help", help="help for this command", callback=_show_help)
 @click.option("--amqp-ca", metavar="string", help="CA certificate")
 @click.option("--amqp-crt", metavar="string", help="RabbitMQ client cert")
@@ -295,8 +300,11 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 @click.option("--max-buffer-events", type=click.IntRange(1), default=500_000, metavar="N",
               help="Events held while the broker is slow or away; beyond, new events are "
                    "dropped (counted, logged)")
-@click.option("--max-buffer-bytes", type=click.IntRange(1), default=200_000_000, metavar="BYTES",
-              help="The same bound in bytes of JSON")
+@click.option("--max-buffer-bytes", type=click.IntRange(1), default=MAX_BUFFER_BYTES,
+              metavar="BYTES", show_default=False,
+              help="The same bound in bytes: the JSON of the events held, waiting or with the "
+                   "publisher, and their overhead  [default: 1/8 of MemTotal, within 16 MiB-1 "
+                   f"GiB: {MAX_BUFFER_BYTES} here]")
 @click.option("--max-in-flight", type=click.IntRange(1, 65535), default=1000, metavar="N",
               help="Messages published and not yet confirmed")
 @click.option("--batch-events", type=click.IntRange(1, 100_000), default=1, metavar="N",
@@ -359,18 +367,17 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
                  if p.name in options and p.name not in NOT_SETTINGS}
     if not effective["router_id"]:
         effective["router_id"] = default_router_id()
-    shown = _describe(ctx, effective)
     warnings = [*ctx.meta.get("warnings", ()), *_secrets_warnings(ctx)]
     if options["print_config"]:
         for warning in warnings:  # stdout stays the configuration alone
             click.echo(f"{PROG}: warning: {warning}", err=True)
-        write_out(shown)
+        write_out(_describe(ctx, effective))
         return ExitCode.OK
     _setup_logging(effective["verbose"])
     for warning in warnings:
         log.warning("%s", warning)
     if effective["verbose"]:
-        log.info("effective configuration:\n%s", shown.rstrip())
+        log.info("effective configuration:\n%s", _describe(ctx, effective).rstrip())
     credentials, from_vault = _apply_vault(ctx, effective)
     try:
         hosts = parse_hosts(effective["amqp_host"], effective["amqp_port"])
@@ -453,6 +460,8 @@ def _secrets_warnings(ctx: click.Context) -> list[str]:
 
 def _describe(ctx: click.Context, effective: Mapping[str, Any]) -> str:
     """YAML of the effective settings, secrets hidden, each with where it came from."""
+    import yaml  # only here and when a file is read: it costs start-up time
+
     sources: Mapping[str, str] = ctx.meta.get("sources", {})
     lines = []
     for key, value in config.redacted(effective).items():
@@ -488,9 +497,7 @@ _log_handler: logging.Handler | None = None
 
 @cli.command(name="version", help="Print the version.")
 def version() -> None:
-    from . import __version__
-
-    write_out(f"Version {__version__}\n")
+    write_out(version_line() + "\n")
 
 
 @cli.command(name="help", help="Help about any command")

@@ -8,11 +8,13 @@ feeds the environment and the file to click as its `default_map`, so click's own
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 CONFIG_FILE_NAME = "conntrack-event-collector.yml"
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes
@@ -57,26 +59,33 @@ def find_config_file(env: Mapping[str, str], skipped: list[str] | None = None) -
     return None
 
 
-class _TextLoader(yaml.SafeLoader):
-    """YAML whose plain scalars all stay text, as typed: YAML 1.1 would make `0123` 83, `no`
-    False and `12:30` 750. Each key's own type converts the text (click's, as for a flag or
-    an environment variable). Only null (`~`, `null`, nothing) is kept: a key not set."""
+@functools.cache
+def _text_loader() -> type[yaml.SafeLoader]:
+    """The loader, made the first time a file is read: PyYAML costs start-up time."""
+    import yaml
 
-    yaml_implicit_resolvers = {  # noqa: RUF012 (PyYAML's own class attribute)
-        first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:null"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
+    class _TextLoader(yaml.SafeLoader):
+        """YAML whose plain scalars all stay text, as typed: YAML 1.1 would make `0123` 83, `no`
+        False and `12:30` 750. Each key's own type converts the text (click's, as for a flag or
+        an environment variable). Only null (`~`, `null`, nothing) is kept: a key not set."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            name = str(key).replace("-", "_")
-            if name in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(name)
-        return super().construct_mapping(node, deep)
+        yaml_implicit_resolvers = {  # noqa: RUF012 (PyYAML's own class attribute)
+            first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:null"]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                name = str(key).replace("-", "_")
+                if name in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(name)
+            return super().construct_mapping(node, deep)
+
+    return _TextLoader
 
 
 def load_config_file(path: Path, known_keys: Iterable[str],
@@ -94,8 +103,10 @@ def load_config_file(path: Path, known_keys: Iterable[str],
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    import yaml  # only when a file is read: it costs start-up time
+
     try:
-        data = yaml.load(text, Loader=_TextLoader)  # a SafeLoader: safe
+        data = yaml.load(text, Loader=_text_loader())  # a SafeLoader: safe
     except RecursionError:
         raise ConfigError(f"config file {path}: lists or mappings nested too deep") from None
     except yaml.YAMLError as exc:

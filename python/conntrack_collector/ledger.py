@@ -149,6 +149,25 @@ class Ledger:
             self.counts.published += n
         return self._tag
 
+    def sent_many(self, batch: Sequence[tuple[Message, bool]]) -> None:
+        """`sent` for each (message, again) in order, at one time: one drain's messages."""
+        now = self._clock()
+        in_flight, tag = self._in_flight, self._tag
+        first = again_events = 0
+        for message, again in batch:
+            tag += 1
+            in_flight[tag] = Flight(message, now)
+            n = message.event_count
+            if again:
+                again_events += n
+            else:
+                first += n
+        self._tag = tag
+        counts = self.counts
+        counts.in_flight_events += first + again_events
+        counts.published += first
+        counts.republished += again_events
+
     # ---- what the broker said ---------------------------------------------------------------
 
     def ack(self, tag: int, multiple: bool) -> list[Message]:

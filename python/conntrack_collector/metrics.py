@@ -25,10 +25,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .stats import CollectorStats, DropReason
+from .stats import EVENT_TYPES, CollectorStats, DropReason
 
 PREFIX = "conntrack_collector"
-EVENT_TYPES = ("NEW", "UPDATE", "DESTROY")
 # Shown even at 0, so an alert on them works before the first drop ever happens.
 CONNECTION_STATES = ("disconnected", "connecting", "connected", "blocked")
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from .errors import Error, ExitCode
-from .metrics import MetricsServer, serve_metrics
-from .progress import Progress, live_display_possible
 from .sd_notify import Watchdog, notify, watchdog_interval_s
 from .stats import CollectorStats
+
+if TYPE_CHECKING:  # imported when wanted: prometheus_client and rich cost start-up time
+    from .metrics import MetricsServer
+    from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class Observers:
         self._metrics: MetricsServer | None = None
         self._watchdog: Watchdog | None = None
         if metrics_addr:
+            from .metrics import serve_metrics
+
             try:
                 self._metrics = serve_metrics(metrics_addr, stats, self._stream_stats)
             except OSError as err:
@@ -67,6 +71,8 @@ class Observers:
                 self._watchdog = Watchdog(self._stream_stats, interval_s, self._stats)
                 self._watchdog.start()
             if self._verbose:
+                from .progress import Progress, live_display_possible
+
                 self._progress = Progress(
                     self._stats, self._stream_stats,
                     live=live_display_possible(self._events_to_stdout))

@@ -15,14 +15,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-
-from .metrics import StreamStats
 from .stats import CollectorStats
+
+if TYPE_CHECKING:  # rich is imported for the live display only: it costs start-up time
+    from rich.live import Live
+    from rich.table import Table
+
+    from .metrics import StreamStats
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def summary_line(earlier: Snapshot | None, now: Snapshot) -> str:
 
 
 def live_table(earlier: Snapshot | None, now: Snapshot) -> Table:
+    from rich.table import Table
+
     table = Table(title="conntrack-event-collector", title_justify="left", show_header=False,
                   box=None, padding=(0, 2))
     table.add_column(style="bold")
@@ -159,6 +162,9 @@ class Progress:
     def start(self) -> None:
         self._first = take_snapshot(self._stats, self._stream_stats)
         if self._live_wanted:
+            from rich.console import Console
+            from rich.live import Live
+
             self._live = Live(get_renderable=self._render, console=Console(stderr=True),
                               refresh_per_second=LIVE_REFRESH_PER_S)
             self._live.start()

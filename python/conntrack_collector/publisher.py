@@ -23,7 +23,14 @@ import logging
 import threading
 from typing import Literal
 
-from .broker import BrokerSettings, Refusal, connect_refusal, connection_parameters, tls_context
+from .broker import (
+    DEFAULT_BATCH_BYTES,
+    BrokerSettings,
+    Refusal,
+    connect_refusal,
+    connection_parameters,
+    tls_context,
+)
 from .buffer import EventBuffer
 from .credentials import CredentialsProvider, StaticCredentials
 from .ledger import Ledger
@@ -44,8 +51,6 @@ log = logging.getLogger("conntrack_collector")
 
 # A connection lost sooner than this after it got ready is retried with backoff, not at once.
 STABLE_CONNECTION_S = 5.0
-# A batch's body at most (--batch-bytes): well under RabbitMQ 4's max_message_size (16 MiB).
-DEFAULT_BATCH_BYTES = 4 << 20
 # A message returned unroutable (no queue bound yet) is republished after this pause: the
 # documented 5 s, so events published before a consumer's queue exists are not discarded.
 RETURN_PAUSE_S = 5.0

@@ -7,9 +7,12 @@ counts are the ledger's (ledger.py): here they are only read, through `delivery`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, Callable
 
+from . import _native
 from .ledger import DeliveryCounts
 
 
@@ -25,12 +28,18 @@ class DropReason(str, Enum):
         return self.value
 
 
+EVENT_TYPES: tuple[str, ...] = tuple(_native.EVENT_TYPES)
+
+
+def _no_reader() -> Mapping[str, Any]:
+    return {}
+
+
 @dataclass
 class CollectorStats:
-    # Written by the reader loop.
-    received_by_type: dict[str, int] = field(
-        default_factory=lambda: {"NEW": 0, "UPDATE": 0, "DESTROY": 0}
-    )
+    # The reader's counters (EventStream.stats(); the collector plugs its stream's in): it
+    # counts the events it hands over by type, so nobody reads the type back out of the JSON.
+    reader_stats: Callable[[], Mapping[str, Any]] = _no_reader
     # Events the kernel could not queue for us (the reader's kernel_dropped, as last read).
     kernel_dropped: int = 0
     # Events refused or abandoned, by reason.
@@ -47,6 +56,12 @@ class CollectorStats:
     # Kept current by the buffer.
     publish_buffer_events: int = 0
     publish_buffer_bytes: int = 0
+
+    @property
+    def received_by_type(self) -> dict[str, int]:
+        """Events the collector took from the reader, by type."""
+        counts = self.reader_stats()
+        return {t: int(counts.get(f"delivered_{t.lower()}", 0)) for t in EVENT_TYPES}
 
     @property
     def received(self) -> int:
