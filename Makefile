@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup install run test test-rust test-python soak fuzz lint bench wheels test-cross clean
+.PHONY: setup install run test test-rust test-python soak fuzz lint bench wheels wheels-cross test-cross clean
 
 # Debian packages, Python tools and the package itself; safe to run again.
 setup:
@@ -45,6 +45,10 @@ bench: setup install
 
 wheels:
 	bash cross/build-wheels.sh
+
+# The armv7 and mipsel wheels again, built by cross-rs under podman: cross/out/cross-rs/.
+wheels-cross:
+	bash cross/cross-wheels.sh
 
 test-cross: wheels
 	bash cross/test-emulated.sh

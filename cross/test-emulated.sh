@@ -12,10 +12,14 @@
 #                for the mipsel guest to run against its real kernel (no musl Python for MIPS
 #                is reachable here)
 #   mipsel       as armhf, for the mipsel (glibc) wheel, Debian's 4kc-malta kernel and
-#                qemu-system-mipsel; the guest also runs the musl probe
+#                qemu-system-mipsel; the guest also runs the musl probe (if musl ran before)
+#   armhf-user, mipsel-user   the qemu-user half of armhf and mipsel only: pip, CLI, decoding
 # See docs/cross.md.
-# Usage: cross/test-emulated.sh [cargo-test] [armhf] [musl] [mipsel]    (default: all)
-# Writes cross/out/emulated-report.txt; exits non-zero if any proof failed.
+# Usage: [CROSS_WHEEL_DIR=DIR] cross/test-emulated.sh [cargo-test] [armhf] [musl] [mipsel]
+#        [armhf-user] [mipsel-user]    (default: the first four)
+# Proves the wheels in CROSS_WHEEL_DIR (default cross/out/, e.g. cross/out/cross-rs/ for
+# cross/cross-wheels.sh's); the x86_64 reference wheel always comes from cross/out/.
+# Writes DIR/emulated-report.txt; exits non-zero if any proof failed.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_DIR"
@@ -26,8 +30,9 @@ steps=("$@")
 BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-420}
 
 bash "$CROSS_DIR/setup.sh"
-mkdir -p "$OUT_DIR" "$WORK_DIR"
-REPORT="$OUT_DIR/emulated-report.txt"
+WHEEL_DIR=${CROSS_WHEEL_DIR:-$OUT_DIR}
+mkdir -p "$OUT_DIR" "$WORK_DIR" "$WHEEL_DIR"
+REPORT="$WHEEL_DIR/emulated-report.txt"
 : >"$REPORT"
 rm -f "$WORK_DIR/host-digest"
 failed=0
@@ -36,9 +41,9 @@ pass() { report "PASS  $*"; }
 fail() { report "FAIL  $*"; failed=1; }
 
 wheel_for() {
-    local pattern=$1 found
-    found=$(ls "$OUT_DIR"/$pattern 2>/dev/null | head -1 || true)
-    [ -n "$found" ] || die "no wheel $pattern in $OUT_DIR: run cross/build-wheels.sh (make wheels)"
+    local pattern=$1 dir=${2:-$WHEEL_DIR} found
+    found=$(ls "$dir"/$pattern 2>/dev/null | head -1 || true)
+    [ -n "$found" ] || die "no wheel $pattern in $dir: run make wheels (or make wheels-cross)"
     echo "$found"
 }
 
@@ -128,7 +133,7 @@ host_digest() {
     if [ ! -s "$WORK_DIR/host-digest" ]; then
         rm -rf "$venv"
         "$HOST_PYTHON" -m venv "$venv"
-        "$venv/bin/pip" install --quiet --no-index --no-deps "$(wheel_for '*_x86_64.whl')"
+        "$venv/bin/pip" install --quiet --no-index --no-deps "$(wheel_for '*_x86_64.whl' "$OUT_DIR")"
         (cd / && "$venv/bin/python" "$CROSS_DIR/guest/import_check.py" "$REPO_DIR/rust/testdata") 2>/dev/null \
             | sed -n 's/^digest: //p' >"$WORK_DIR/host-digest" || true
     fi
@@ -201,7 +206,7 @@ boot() {
         -initrd "$WORK_DIR/initrd-$arch.gz" -nographic -monitor none -nic none -no-reboot \
         </dev/null >"$logf" 2>&1 || true
     local took=$((SECONDS - t0))
-    cp "$logf" "$OUT_DIR/qemu-$arch.log"
+    cp "$logf" "$WHEEL_DIR/qemu-$arch.log"
     grep -a '^guest:' "$logf" | grep -av '^guest: event ' | sed 's/^/    /' >&2 || true
     local verdict
     verdict=$(grep -a '^CONNTRACK-QEMU-RESULT:' "$logf" | tail -1 | tr -d '\r' || true)
@@ -209,7 +214,7 @@ boot() {
         pass "$arch: qemu-system, $(basename "$wheel"): $(summary "${verdict#*PASS }") (boot to power-off $took s)"
     else
         tail -30 "$logf" >&2
-        fail "$arch: qemu-system: ${verdict:-no verdict within $BOOT_TIMEOUT_S s} (log: $OUT_DIR/qemu-$arch.log)"
+        fail "$arch: qemu-system: ${verdict:-no verdict within $BOOT_TIMEOUT_S s} (log: $WHEEL_DIR/qemu-$arch.log)"
     fi
     if [ -f "$WORK_DIR/initramfs-$arch/cross-test/musl-probe" ]; then
         grep -a '^musl-probe:' "$logf" | sed 's/^/    /' >&2 || true
@@ -306,16 +311,18 @@ for step in "${steps[@]}"; do
         w=$(wheel_for '*-linux_mips.whl')
         install_in_root mipsel "$w" && boot mipsel "$w"
         ;;
+    armhf-user) install_in_root armhf "$(wheel_for '*_armv7l.whl')" ;;
+    mipsel-user) install_in_root mipsel "$(wheel_for '*-linux_mips.whl')" ;;
     musl)
         musl_checks "$(wheel_for '*-musllinux_1_2_mips.whl')"
         build_musl_probe
         ;;
-    *) die "unknown step $step (cargo-test, armhf, mipsel, musl)" ;;
+    *) die "unknown step $step (cargo-test, armhf, mipsel, musl, armhf-user, mipsel-user)" ;;
     esac
 done
 
 report "emulated tests took $((SECONDS - t_all)) s"
-ls -l "$OUT_DIR"/*.whl | awk '{print "wheel " $5 " bytes  " $9}' | tee -a "$REPORT" >&2
+ls -l "$WHEEL_DIR"/*.whl | awk '{print "wheel " $5 " bytes  " $9}' | tee -a "$REPORT" >&2
 echo "--- summary ($REPORT)" >&2
 cat "$REPORT" >&2
 exit $failed
