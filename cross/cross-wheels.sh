@@ -23,15 +23,11 @@ bash "$CROSS_DIR/setup.sh"
 use_podman
 mkdir -p "$out" "$cache"
 
+# rustup-guard answers for rustup (see that file) before anything runs cross-rs: even
+# `cross --version` asks rustup and, unguarded, updated the host's stable toolchain.
+# CROSS_CUSTOM_TOOLCHAIN stops cross-rs from adding targets or rust-src to the host's toolchain
+# (the image brings its own compiler).
 rustc_before=$(rustc --version)
-if [ "$("$cache/tools/bin/cross" --version 2>/dev/null | head -1)" != "cross $CROSS_VERSION" ]; then
-    log "cargo install cross --version $CROSS_VERSION --locked"
-    cargo install --quiet cross --version "$CROSS_VERSION" --locked --root "$cache/tools"
-fi
-image=$(bash "$CROSS_DIR/make-image.sh")
-
-# rustup-guard answers for rustup (see that file); CROSS_CUSTOM_TOOLCHAIN stops cross-rs from
-# adding targets or rust-src to the host's toolchain (the image brings its own compiler).
 mkdir -p "$WORK_DIR/cross-bin"
 export CROSS_REAL_RUSTUP
 CROSS_REAL_RUSTUP=$(command -v rustup)
@@ -39,12 +35,22 @@ cp "$CROSS_DIR/rustup-guard" "$WORK_DIR/cross-bin/rustup"
 chmod +x "$WORK_DIR/cross-bin/rustup"
 export PATH="$WORK_DIR/cross-bin:$cache/tools/bin:$PATH"
 export CROSS_CUSTOM_TOOLCHAIN=1
+
+# cargo's install record, not `cross --version` (which would run cross-rs).
+if ! grep -q "^\"cross $CROSS_VERSION " "$cache/tools/.crates.toml" 2>/dev/null; then
+    log "cargo install cross --version $CROSS_VERSION --locked"
+    cargo install --quiet cross --version "$CROSS_VERSION" --locked --root "$cache/tools"
+fi
+image=$(bash "$CROSS_DIR/make-image.sh")
 export CROSS_CONFIG="$CROSS_DIR/Cross.toml"
 export CARGO="$CROSS_DIR/cargo-cross"
 # The container's cargo fetches std's dependencies from crates.io: the host's network and CA
-# bundle (which may hold a local proxy's CA).
-ca_bundle=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
-export CROSS_CONTAINER_OPTS="--network host -v $ca_bundle:/etc/ssl/certs/ca-certificates.crt:ro"
+# bundle (which may hold a local proxy's CA), mounted at the same path. Any such volume also
+# makes cross-rs mount the project at its host path rather than /project, which maturin's
+# --manifest-path needs.
+export SSL_CERT_FILE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
+export CROSS_BUILD_ENV_VOLUMES=SSL_CERT_FILE
+export CROSS_CONTAINER_OPTS="--network host"
 
 # TRIPLE PLATFORM_TAG_OR_EMPTY MATURIN_ARGS...
 build() {
