@@ -13,10 +13,11 @@
 #                is reachable here)
 #   mipsel       as armhf, for the mipsel (glibc) wheel, Debian's 4kc-malta kernel and
 #                qemu-system-mipsel; the guest also runs the musl probe (if musl ran before)
-#   armhf-user, mipsel-user   the qemu-user half of armhf and mipsel only: pip, CLI, decoding
+#   armhf-decode, mipsel-decode   of armhf and mipsel only the wheel alone installed by the
+#                target's pip and the golden captures decoded as x86_64 does (qemu-user)
 # See docs/cross.md.
 # Usage: [CROSS_WHEEL_DIR=DIR] cross/test-emulated.sh [cargo-test] [armhf] [musl] [mipsel]
-#        [armhf-user] [mipsel-user]    (default: the first four)
+#        [armhf-decode] [mipsel-decode]    (default: the first four)
 # Proves the wheels in CROSS_WHEEL_DIR (default cross/out/, e.g. cross/out/cross-rs/ for
 # cross/cross-wheels.sh's); the x86_64 reference wheel always comes from cross/out/.
 # Writes DIR/emulated-report.txt; exits non-zero if any proof failed.
@@ -73,8 +74,10 @@ cargo_test() {
 }
 
 # --- the wheel in a root of the target architecture, under qemu-user --------------------------
+# ARCH WHEEL [decode]: with "decode", only the wheel itself is installed (the target's pip still
+# judges its tag) and the CLI is not run, for wheels whose Python side another run has proven.
 install_in_root() {
-    local arch=$1 wheel=$2
+    local arch=$1 wheel=$2 only=${3:-}
     local root="$WORK_DIR/root-$arch"
     bash "$CROSS_DIR/make-root.sh" "$arch" || { fail "$arch: root (mmdebstrap)"; return 1; }
     cp "$wheel" "$root/tmp/"
@@ -83,7 +86,16 @@ install_in_root() {
     # Debian's), binary only so nothing compiles under emulation. Debian marks its Python
     # externally managed; this root is a throwaway.
     local whl_in_root="/tmp/$(basename "$wheel")"
-    if chroot "$root" /usr/bin/python3 -m pip install --no-cache-dir --no-compile --only-binary=:all: \
+    if [ "$only" = decode ]; then
+        if chroot "$root" /usr/bin/python3 -m pip install --no-index --no-deps --no-cache-dir \
+                --no-compile --break-system-packages "$whl_in_root" >"$WORK_DIR/pip-$arch.log" 2>&1; then
+            pass "$arch: pip $(chroot "$root" /usr/bin/python3 -m pip --version | cut -d' ' -f2) installed $(basename "$wheel") alone (--no-deps)"
+        else
+            tail -20 "$WORK_DIR/pip-$arch.log" >&2
+            fail "$arch: pip install $(basename "$wheel")"
+            return 1
+        fi
+    elif chroot "$root" /usr/bin/python3 -m pip install --no-cache-dir --no-compile --only-binary=:all: \
             --break-system-packages --disable-pip-version-check "$whl_in_root" \
             >"$WORK_DIR/pip-$arch.log" 2>&1; then
         pass "$arch: pip $(chroot "$root" /usr/bin/python3 -m pip --version | cut -d' ' -f2) installed $(basename "$wheel") and its dependencies: $(grep '^Successfully installed' "$WORK_DIR/pip-$arch.log" | cut -d' ' -f3-)"
@@ -100,7 +112,9 @@ install_in_root() {
             return 1
         fi
     fi
-    if chroot "$root" /usr/local/bin/conntrack-event-collector --help >"$WORK_DIR/cli-$arch.log" 2>&1; then
+    if [ "$only" = decode ]; then
+        :
+    elif chroot "$root" /usr/local/bin/conntrack-event-collector --help >"$WORK_DIR/cli-$arch.log" 2>&1; then
         pass "$arch: conntrack-event-collector --help runs under qemu-user ($(grep -c -- '--amqp-' "$WORK_DIR/cli-$arch.log") --amqp-* options listed)"
     else
         tail -20 "$WORK_DIR/cli-$arch.log" >&2
@@ -311,13 +325,13 @@ for step in "${steps[@]}"; do
         w=$(wheel_for '*-linux_mips.whl')
         install_in_root mipsel "$w" && boot mipsel "$w"
         ;;
-    armhf-user) install_in_root armhf "$(wheel_for '*_armv7l.whl')" ;;
-    mipsel-user) install_in_root mipsel "$(wheel_for '*-linux_mips.whl')" ;;
+    armhf-decode) install_in_root armhf "$(wheel_for '*_armv7l.whl')" decode ;;
+    mipsel-decode) install_in_root mipsel "$(wheel_for '*-linux_mips.whl')" decode ;;
     musl)
         musl_checks "$(wheel_for '*-musllinux_1_2_mips.whl')"
         build_musl_probe
         ;;
-    *) die "unknown step $step (cargo-test, armhf, mipsel, musl, armhf-user, mipsel-user)" ;;
+    *) die "unknown step $step (cargo-test, armhf, mipsel, musl, armhf-decode, mipsel-decode)" ;;
     esac
 done
 
