@@ -43,3 +43,26 @@ use_musl_executables() {
     export CARGO_TARGET_MIPSEL_UNKNOWN_LINUX_MUSL_LINKER="$WORK_DIR/bin/cc-mipsel-musl"
     export CARGO_TARGET_MIPSEL_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=no"
 }
+
+# The host's own Debian mirror (deb822 or one-line sources) in $mirror and its security mirror
+# in $security; both empty means mmdebstrap's default.
+debian_mirrors() {
+    mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    security=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | sed -n 2p)
+}
+
+# podman as this machine needs it, in a containers.conf of our own (the user's stays untouched):
+# runc, since crun fails here ("cgroups in hybrid mode not supported"), and ulimits the container
+# may set, since the defaults are refused ("setrlimit RLIMIT_NPROC: Operation not permitted").
+use_podman() {
+    [ "${CROSS_CONTAINER_ENGINE:-podman}" = podman ] || return 0
+    mkdir -p "$WORK_DIR"
+    cat >"$WORK_DIR/containers.conf" <<'CONF'
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]
+[engine]
+runtime = "runc"
+CONF
+    export CONTAINERS_CONF="$WORK_DIR/containers.conf"
+}

@@ -15,10 +15,7 @@ root="$WORK_DIR/root-$arch"
 # python3-yaml: PyPI has no PyYAML wheel for these architectures; Debian's satisfies PyYAML>=6.
 packages=busybox-static,coreutils,python3,python3-pip,python3-yaml,kmod,nftables,iproute2,conntrack,$kernel
 
-# The host's own Debian mirror (deb822 or one-line sources), else mmdebstrap's default.
-mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
-[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-security=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | sed -n 2p)
+debian_mirrors
 
 rm -rf "$root"
 log "root $arch: mmdebstrap ($packages)"

@@ -12,6 +12,8 @@ debs=(
     qemu-user-static binfmt-support qemu-system-arm qemu-system-mips
     # Target roots, initramfs, ELF inspection.
     mmdebstrap cpio gzip kmod binutils-multiarch file
+    # cross-rs (cross/cross-wheels.sh): podman, run by runc (crun fails here, see env.sh).
+    podman runc
 )
 missing=()
 for p in "${debs[@]}"; do

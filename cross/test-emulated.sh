@@ -12,10 +12,15 @@
 #                for the mipsel guest to run against its real kernel (no musl Python for MIPS
 #                is reachable here)
 #   mipsel       as armhf, for the mipsel (glibc) wheel, Debian's 4kc-malta kernel and
-#                qemu-system-mipsel; the guest also runs the musl probe
+#                qemu-system-mipsel; the guest also runs the musl probe (if musl ran before)
+#   armhf-decode, mipsel-decode   of armhf and mipsel only the wheel alone installed by the
+#                target's pip and the golden captures decoded as x86_64 does (qemu-user)
 # See docs/cross.md.
-# Usage: cross/test-emulated.sh [cargo-test] [armhf] [musl] [mipsel]    (default: all)
-# Writes cross/out/emulated-report.txt; exits non-zero if any proof failed.
+# Usage: [CROSS_WHEEL_DIR=DIR] cross/test-emulated.sh [cargo-test] [armhf] [musl] [mipsel]
+#        [armhf-decode] [mipsel-decode]    (default: the first four)
+# Proves the wheels in CROSS_WHEEL_DIR (default cross/out/, e.g. cross/out/cross-rs/ for
+# cross/cross-wheels.sh's); the x86_64 reference wheel always comes from cross/out/.
+# Writes DIR/emulated-report.txt; exits non-zero if any proof failed.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_DIR"
@@ -26,8 +31,9 @@ steps=("$@")
 BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-420}
 
 bash "$CROSS_DIR/setup.sh"
-mkdir -p "$OUT_DIR" "$WORK_DIR"
-REPORT="$OUT_DIR/emulated-report.txt"
+WHEEL_DIR=${CROSS_WHEEL_DIR:-$OUT_DIR}
+mkdir -p "$OUT_DIR" "$WORK_DIR" "$WHEEL_DIR"
+REPORT="$WHEEL_DIR/emulated-report.txt"
 : >"$REPORT"
 rm -f "$WORK_DIR/host-digest"
 failed=0
@@ -36,9 +42,9 @@ pass() { report "PASS  $*"; }
 fail() { report "FAIL  $*"; failed=1; }
 
 wheel_for() {
-    local pattern=$1 found
-    found=$(ls "$OUT_DIR"/$pattern 2>/dev/null | head -1 || true)
-    [ -n "$found" ] || die "no wheel $pattern in $OUT_DIR: run cross/build-wheels.sh (make wheels)"
+    local pattern=$1 dir=${2:-$WHEEL_DIR} found
+    found=$(ls "$dir"/$pattern 2>/dev/null | head -1 || true)
+    [ -n "$found" ] || die "no wheel $pattern in $dir: run make wheels (or make wheels-cross)"
     echo "$found"
 }
 
@@ -59,6 +65,9 @@ cargo_test() {
          mipsel-*-musl) use_musl_executables ;;
          esac
          export "${var}_RUNNER=$runner"
+         # Unoptimised std and tests under TCG took 341 s for armv7's robustness loops alone;
+         # opt-level 1 keeps debug assertions and overflow checks (the 32-bit point of this).
+         export CARGO_PROFILE_DEV_OPT_LEVEL=1
          cargo test --locked --target "$target" -Z build-std=std,panic_abort -- --skip kernel_ ) >"$logf" 2>&1; then
         pass "cargo test $target under qemu-user: $(grep -m1 -E '^test result:' "$logf") ($((SECONDS - t0)) s)"
     else
@@ -68,8 +77,10 @@ cargo_test() {
 }
 
 # --- the wheel in a root of the target architecture, under qemu-user --------------------------
+# ARCH WHEEL [decode]: with "decode", only the wheel itself is installed (the target's pip still
+# judges its tag) and the CLI is not run, for wheels whose Python side another run has proven.
 install_in_root() {
-    local arch=$1 wheel=$2
+    local arch=$1 wheel=$2 only=${3:-}
     local root="$WORK_DIR/root-$arch"
     bash "$CROSS_DIR/make-root.sh" "$arch" || { fail "$arch: root (mmdebstrap)"; return 1; }
     cp "$wheel" "$root/tmp/"
@@ -78,7 +89,16 @@ install_in_root() {
     # Debian's), binary only so nothing compiles under emulation. Debian marks its Python
     # externally managed; this root is a throwaway.
     local whl_in_root="/tmp/$(basename "$wheel")"
-    if chroot "$root" /usr/bin/python3 -m pip install --no-cache-dir --no-compile --only-binary=:all: \
+    if [ "$only" = decode ]; then
+        if chroot "$root" /usr/bin/python3 -m pip install --no-index --no-deps --no-cache-dir \
+                --no-compile --break-system-packages "$whl_in_root" >"$WORK_DIR/pip-$arch.log" 2>&1; then
+            pass "$arch: pip $(chroot "$root" /usr/bin/python3 -m pip --version | cut -d' ' -f2) installed $(basename "$wheel") alone (--no-deps)"
+        else
+            tail -20 "$WORK_DIR/pip-$arch.log" >&2
+            fail "$arch: pip install $(basename "$wheel")"
+            return 1
+        fi
+    elif chroot "$root" /usr/bin/python3 -m pip install --no-cache-dir --no-compile --only-binary=:all: \
             --break-system-packages --disable-pip-version-check "$whl_in_root" \
             >"$WORK_DIR/pip-$arch.log" 2>&1; then
         pass "$arch: pip $(chroot "$root" /usr/bin/python3 -m pip --version | cut -d' ' -f2) installed $(basename "$wheel") and its dependencies: $(grep '^Successfully installed' "$WORK_DIR/pip-$arch.log" | cut -d' ' -f3-)"
@@ -95,7 +115,9 @@ install_in_root() {
             return 1
         fi
     fi
-    if chroot "$root" /usr/local/bin/conntrack-event-collector --help >"$WORK_DIR/cli-$arch.log" 2>&1; then
+    if [ "$only" = decode ]; then
+        :
+    elif chroot "$root" /usr/local/bin/conntrack-event-collector --help >"$WORK_DIR/cli-$arch.log" 2>&1; then
         pass "$arch: conntrack-event-collector --help runs under qemu-user ($(grep -c -- '--amqp-' "$WORK_DIR/cli-$arch.log") --amqp-* options listed)"
     else
         tail -20 "$WORK_DIR/cli-$arch.log" >&2
@@ -128,7 +150,7 @@ host_digest() {
     if [ ! -s "$WORK_DIR/host-digest" ]; then
         rm -rf "$venv"
         "$HOST_PYTHON" -m venv "$venv"
-        "$venv/bin/pip" install --quiet --no-index --no-deps "$(wheel_for '*_x86_64.whl')"
+        "$venv/bin/pip" install --quiet --no-index --no-deps "$(wheel_for '*_x86_64.whl' "$OUT_DIR")"
         (cd / && "$venv/bin/python" "$CROSS_DIR/guest/import_check.py" "$REPO_DIR/rust/testdata") 2>/dev/null \
             | sed -n 's/^digest: //p' >"$WORK_DIR/host-digest" || true
     fi
@@ -201,7 +223,7 @@ boot() {
         -initrd "$WORK_DIR/initrd-$arch.gz" -nographic -monitor none -nic none -no-reboot \
         </dev/null >"$logf" 2>&1 || true
     local took=$((SECONDS - t0))
-    cp "$logf" "$OUT_DIR/qemu-$arch.log"
+    cp "$logf" "$WHEEL_DIR/qemu-$arch.log"
     grep -a '^guest:' "$logf" | grep -av '^guest: event ' | sed 's/^/    /' >&2 || true
     local verdict
     verdict=$(grep -a '^CONNTRACK-QEMU-RESULT:' "$logf" | tail -1 | tr -d '\r' || true)
@@ -209,7 +231,7 @@ boot() {
         pass "$arch: qemu-system, $(basename "$wheel"): $(summary "${verdict#*PASS }") (boot to power-off $took s)"
     else
         tail -30 "$logf" >&2
-        fail "$arch: qemu-system: ${verdict:-no verdict within $BOOT_TIMEOUT_S s} (log: $OUT_DIR/qemu-$arch.log)"
+        fail "$arch: qemu-system: ${verdict:-no verdict within $BOOT_TIMEOUT_S s} (log: $WHEEL_DIR/qemu-$arch.log)"
     fi
     if [ -f "$WORK_DIR/initramfs-$arch/cross-test/musl-probe" ]; then
         grep -a '^musl-probe:' "$logf" | sed 's/^/    /' >&2 || true
@@ -306,16 +328,18 @@ for step in "${steps[@]}"; do
         w=$(wheel_for '*-linux_mips.whl')
         install_in_root mipsel "$w" && boot mipsel "$w"
         ;;
+    armhf-decode) install_in_root armhf "$(wheel_for '*_armv7l.whl')" decode ;;
+    mipsel-decode) install_in_root mipsel "$(wheel_for '*-linux_mips.whl')" decode ;;
     musl)
         musl_checks "$(wheel_for '*-musllinux_1_2_mips.whl')"
         build_musl_probe
         ;;
-    *) die "unknown step $step (cargo-test, armhf, mipsel, musl)" ;;
+    *) die "unknown step $step (cargo-test, armhf, mipsel, musl, armhf-decode, mipsel-decode)" ;;
     esac
 done
 
 report "emulated tests took $((SECONDS - t_all)) s"
-ls -l "$OUT_DIR"/*.whl | awk '{print "wheel " $5 " bytes  " $9}' | tee -a "$REPORT" >&2
+ls -l "$WHEEL_DIR"/*.whl | awk '{print "wheel " $5 " bytes  " $9}' | tee -a "$REPORT" >&2
 echo "--- summary ($REPORT)" >&2
 cat "$REPORT" >&2
 exit $failed
