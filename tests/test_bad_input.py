@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netns_util import conntrack_netns, flush_flows, send_udp_flows
 from test_cli import assert_one_line_error, print_config, run
+from test_least_privilege import interpreter_exposed
 from vault_util import DevVault, dev_vault
 
 KEYS = ["verbose", "amqp_host", "amqp_port", "amqp_user", "amqp_password", "amqp_vhost",
@@ -32,12 +33,17 @@ LONG_NAME = "é" * 128  # 256 bytes: one more than an AMQP shortstr holds
 # --- a config folder or file the user cannot read -----------------------------------------
 
 def as_nobody(*argv: str, home: str, cwd: str = "/") -> subprocess.CompletedProcess[str]:
-    """The collector as user nobody, HOME left as given (as `sudo -u nobody` leaves root's)."""
+    """The collector as user nobody, HOME left as given (as `sudo -u nobody` leaves root's).
+    The interpreter's folders are opened to nobody first (CI's Python lives under /root)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home}
-    return subprocess.run(
-        ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--",
-         sys.executable, "-m", "conntrack_collector", *argv],
-        capture_output=True, text=True, timeout=60, check=False, env=env, cwd=cwd)
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    with tempfile.TemporaryDirectory(prefix="ctc-stash-") as stash:
+        return subprocess.run(
+            [*interpreter_exposed(Path(stash)),
+             "setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--",
+             sys.executable, "-m", "conntrack_collector", *argv],
+            capture_output=True, text=True, timeout=60, check=False, env=env, cwd=cwd)
 
 
 @pytest.fixture
@@ -50,14 +56,15 @@ def shared_dir() -> Iterator[Path]:
 
 @pytest.mark.root
 def test_a_config_folder_that_cannot_be_searched_is_skipped_with_a_warning() -> None:
-    assert os.stat("/root").st_mode & 0o001 == 0, "/root must be closed to others"
-    done = as_nobody("--print-config", home="/root")
+    with tempfile.TemporaryDirectory(prefix="ctc-home-") as home:  # root's, closed to others
+        os.chmod(home, 0o700)
+        done = as_nobody("--print-config", home=home)
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["amqp_host"] == "localhost"
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("conntrack-event-collector: warning: "), done.stderr
-    assert "/root/.owp" in lines[0] and "Permission denied" in lines[0]
+    assert f"{home}/.owp" in lines[0] and "Permission denied" in lines[0]
 
 
 @pytest.mark.root
