@@ -135,8 +135,9 @@ impl Queue {
     pub fn pop(&self, timeout: Duration) -> Pop {
         let mut events = Vec::with_capacity(1);
         match self.pop_many(timeout, 1, &mut events) {
-            PopMany::Events(overruns) => match events.pop() {
-                Some(event) => Pop::Event(event, overruns),
+            // Events: at least one was taken.
+            PopMany::Events(kernel_dropped) => match events.pop() {
+                Some(event) => Pop::Event(event, kernel_dropped),
                 None => Pop::Timeout,
             },
             PopMany::Timeout => Pop::Timeout,

@@ -62,6 +62,12 @@ class RunSettings:
     filter_lists: tuple[tuple[str, tuple[str, ...]], ...] = ()
     gap_records: bool = False  # publish a gap record (AMQP type conntrack.gap) for lost events
 
+    @property
+    def kernel_drops_are_retries(self) -> bool:
+        """Reliable mode sends every DESTROY again: with DESTROYs only, the kernel's drops are
+        retried attempts, not lost events."""
+        return self.reliable and set(self.types) <= {"DESTROY"}
+
 
 def open_stream(settings: RunSettings) -> Stream:
     import conntrack_collector as native  # the Rust reader; imported late so the CLI works without
@@ -148,10 +154,8 @@ def run(settings: RunSettings, stats: CollectorStats,
     log.info("listening for %s events%s, publishing to %s",
              ",".join(settings.types), where, target)
     reader_error = ""
-    # Reliable mode sends every DESTROY again: with DESTROYs only, the kernel's drops are
-    # retried attempts, not lost events, so they make no gap.
-    destroys_only = settings.reliable and set(settings.types) <= {"DESTROY"}
-    kernel = None if destroys_only else KernelLossWatch(stream.stats)
+    # Retried attempts are no lost events: they make no gap.
+    kernel = None if settings.kernel_drops_are_retries else KernelLossWatch(stream.stats)
     try:
         try:
             if publisher:
@@ -206,10 +210,12 @@ def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
 def _note_kernel_loss(kernel: KernelLossWatch | None, buffer: EventBuffer,
                       stats: CollectorStats) -> None:
     """What the kernel dropped since the last look: a gap in the stream, where we are now."""
-    gap = kernel.check() if kernel is not None else None
+    if kernel is None:
+        return
+    gap = kernel.check()
     if gap is not None:
         buffer.put_gap(gap)
-        stats.kernel_dropped = kernel.dropped if kernel is not None else 0
+        stats.kernel_dropped = kernel.dropped
 
 
 def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> ExitCode:
@@ -221,17 +227,11 @@ def _read_to_stdout(stream: Stream, stop: StopFlag, stats: CollectorStats) -> Ex
             except KeyboardInterrupt:
                 stop.event.set()
                 break
-            try:  # only the writes: the reader's own errors (OSErrors too) are its own
-                if not events:
-                    out.flush()  # flush when idle: whole lines, without a syscall per event
-                else:
+            if events:
+                try:  # only the writes: the reader's own errors (OSErrors too) are its own
                     _write_lines(out, events)
-            except OSError as exc:
-                _output_failed(exc)
-        try:
-            out.flush()
-        except OSError as exc:
-            _output_failed(exc)
+                except OSError as exc:
+                    _output_failed(exc)
     except BrokenPipeError:  # `| head`: the reader of our output is gone, nothing to report
         stop.event.set()
     return ExitCode.OK
@@ -248,8 +248,14 @@ class OutputError(Exception):
 
 
 def _write_lines(out: BinaryIO, events: list[bytes]) -> None:
+    """Whole lines, one write per batch (so nothing waits in a buffer to be flushed), straight
+    to the descriptor, each partial write continued: through the BufferedWriter, a big write to
+    a full pipe interrupted by SIGTERM lost some lines (seen in test_kernel_loss)."""
     events.append(b"")  # the last line's newline
-    out.write(b"\n".join(events))
+    data = memoryview(b"\n".join(events))
+    fd = out.fileno()
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorStats) -> None:
@@ -279,11 +285,6 @@ def _drain_reader(stream: Stream, buffer: EventBuffer | None, stats: CollectorSt
                 _write_lines(sys.stdout.buffer, events)
             except (OSError, ValueError):  # `| head`, a full disk: nowhere to put them
                 break
-    if buffer is None:
-        # Flushed here, before the stop summary: left to the interpreter's exit, the last
-        # lines were sometimes lost to a reader of the pipe (seen in test_kernel_loss).
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.buffer.flush()
 
 
 def _close(stream: Stream) -> dict[str, Any]:
@@ -330,7 +331,7 @@ def _finish(code: ExitCode, publisher: Publisher | None, buffer: EventBuffer,
     elif kernel_dropped:
         summary += (f"; the kernel could not queue {kernel_dropped} event(s) at once (socket "
                     "buffer full; reliable mode: DESTROYs were sent again, "
-                    + ("none lost)" if set(settings.types) <= {"DESTROY"}
+                    + ("none lost)" if settings.kernel_drops_are_retries
                        else "NEW and UPDATE lost)"))
     if reader_stats.get("stop_cut_short"):
         summary += "; reading what the kernel socket held at stop took too long and was cut short"
