@@ -87,8 +87,7 @@ def open_stream(settings: RunSettings) -> Stream:
     except PermissionError as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.NO_PERMISSION) from None
     except FileNotFoundError as exc:
-        raise Error(f"network namespace {settings.netns!r} not found: {exc}",
-                    ExitCode.USAGE) from None
+        raise Error(str(exc), ExitCode.USAGE) from None  # it names the namespace's path
     except ValueError as exc:  # a bad argument: the command line checked all but --netns
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.USAGE) from None
     except (native.ConntrackError, OSError) as exc:
