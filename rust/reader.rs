@@ -58,6 +58,13 @@ pub struct Options {
     pub filter: Filter,
 }
 
+impl Options {
+    /// The ctnetlink multicast groups of `types`: joined at start, left at stop.
+    fn groups(&self) -> Vec<u32> {
+        self.types.iter().map(|t| t.multicast_group()).collect()
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -212,8 +219,7 @@ fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Sta
     }
     kernel::check_conntrack_present()?;
     EventSocket::probe_ctnetlink()?;
-    let groups: Vec<u32> = options.types.iter().map(|t| t.multicast_group()).collect();
-    let socket = EventSocket::open(&groups)?;
+    let socket = EventSocket::open(&options.groups())?;
     let mut started = Started::default();
     let granted = socket
         .set_receive_buffer(options.buffer_bytes)
@@ -309,8 +315,7 @@ fn read_rest(
     slots: &mut [u8],
     lengths: &mut [Option<usize>],
 ) {
-    let groups: Vec<u32> = options.types.iter().map(|t| t.multicast_group()).collect();
-    let _ = socket.leave(&groups); // if refused, the time limit bounds the reading
+    let _ = socket.leave(&options.groups()); // if refused, the time limit bounds the reading
     let received_before = queue.stats().0.received;
     let deadline = Instant::now() + STOP_READ_LIMIT;
     while !stop.load(Ordering::Relaxed) {
