@@ -106,27 +106,43 @@ impl Queue {
     /// Queues one event, waiting while the queue is full. Returns false if `stop` was set
     /// while waiting.
     pub fn push(&self, event: Event, stop: &AtomicBool) -> bool {
-        let mut state = self.lock();
-        while state.events.len() >= self.capacity && !self.unbounded.load(Ordering::Relaxed) {
-            if stop.load(Ordering::Relaxed) {
-                return false;
+        self.push_many(&mut vec![event], stop)
+    }
+
+    /// Queues the events of one read, oldest first: one lock and at most one wake-up of the
+    /// consumer for all of them while there is room; waits while the queue is full. Returns
+    /// false if `stop` was set while waiting; what was not queued is left in `events`.
+    pub fn push_many(&self, events: &mut Vec<Event>, stop: &AtomicBool) -> bool {
+        while !events.is_empty() {
+            let mut state = self.lock();
+            while state.events.len() >= self.capacity && !self.unbounded.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                state = self
+                    .not_full
+                    .wait_timeout(state, Duration::from_millis(50))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
             }
-            state = self
-                .not_full
-                .wait_timeout(state, Duration::from_millis(50))
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
-        }
-        state.events.push_back(event);
-        state.stats.received += 1;
-        let queued = state.events.len() as u64;
-        state.stats.peak_queued = state.stats.peak_queued.max(queued);
-        drop(state);
-        // A consumer waits only on an empty queue; waking it costs a system call, so only
-        // the event that ends the emptiness does. (Several consumers still progress: each
-        // wait is bounded.)
-        if queued == 1 {
-            self.not_empty.notify_one();
+            let room = if self.unbounded.load(Ordering::Relaxed) {
+                events.len()
+            } else {
+                self.capacity - state.events.len()
+            };
+            let was_empty = state.events.is_empty();
+            let taken = room.min(events.len());
+            state.events.extend(events.drain(..taken));
+            state.stats.received += taken as u64;
+            let queued = state.events.len() as u64;
+            state.stats.peak_queued = state.stats.peak_queued.max(queued);
+            drop(state);
+            // A consumer waits only on an empty queue; waking it costs a system call, so only
+            // the events that end the emptiness do. (Several consumers still progress: each
+            // wait is bounded.)
+            if was_empty {
+                self.not_empty.notify_one();
+            }
         }
         true
     }
@@ -301,6 +317,45 @@ mod tests {
             Pop::Event(event, _) => assert_eq!(event.id, 2),
             _ => panic!("expected the second event"),
         }
+    }
+
+    #[test]
+    fn push_many_fills_the_room_then_waits_for_more_and_keeps_the_order() {
+        let queue = Arc::new(Queue::new(3));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pusher = {
+            let (queue, stop) = (Arc::clone(&queue), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut events: Vec<Event> = (1..=5).map(sample_event).collect();
+                let pushed = queue.push_many(&mut events, &stop);
+                (pushed, events.len())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!pusher.is_finished(), "5 events do not fit in 3 places");
+        assert_eq!(queue.stats().1, 3, "the room was filled while waiting");
+        let mut taken = Vec::new();
+        while taken.len() < 5 {
+            match queue.pop_many(Duration::from_secs(5), 2, &mut taken) {
+                PopMany::Events(_) => {}
+                _ => panic!("expected events"),
+            }
+        }
+        assert_eq!(pusher.join().expect("pusher"), (true, 0));
+        let ids: Vec<u32> = taken.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+        let (stats, _) = queue.stats();
+        assert_eq!((stats.received, stats.peak_queued), (5, 3));
+    }
+
+    #[test]
+    fn a_stopped_push_many_leaves_what_it_could_not_queue() {
+        let queue = Queue::new(2);
+        let stop = AtomicBool::new(true);
+        let mut events: Vec<Event> = (1..=3).map(sample_event).collect();
+        assert!(!queue.push_many(&mut events, &stop));
+        assert_eq!(queue.stats().1, 2);
+        assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
