@@ -297,13 +297,11 @@ fn read_loop(
     flags: Flags,
     linger: Option<Duration>,
 ) -> Result<()> {
-    let mut slots = vec![0u8; BATCH_DATAGRAMS * DATAGRAM_BYTES];
-    let mut lengths = [None; BATCH_DATAGRAMS];
-    let mut events = Vec::with_capacity(BATCH_DATAGRAMS);
+    let mut batch = Batch::new();
     let mut drops = DropsCounter::new(socket);
     let reading = || !flags.stop.load(Ordering::Relaxed) && !flags.draining.load(Ordering::Relaxed);
     while reading() {
-        let count = match socket.recv_batch(&mut slots, DATAGRAM_BYTES, &mut lengths, true) {
+        let count = match batch.receive(socket, true) {
             Ok(Received::Datagrams(count)) => count,
             Ok(Received::Timeout) => {
                 drops.read(socket, queue);
@@ -322,8 +320,8 @@ fn read_loop(
         if drops.due() {
             drops.read(socket, queue);
         }
-        handle_batch(&slots, &lengths[..count], options, queue, &mut events);
-        if !queue.push_many(&mut events, flags.stop) {
+        batch.decode(count, options, queue);
+        if !queue.push_many(&mut batch.events, flags.stop) {
             break;
         }
         if let Some(pause) = linger.filter(|_| count < BATCH_DATAGRAMS) {
@@ -331,7 +329,7 @@ fn read_loop(
         }
     }
     if flags.draining.load(Ordering::Relaxed) && !flags.stop.load(Ordering::Relaxed) {
-        read_rest(socket, options, queue, flags.stop, &mut slots, &mut lengths, &mut events);
+        read_rest(socket, options, queue, flags.stop, &mut batch);
     }
     drops.read(socket, queue);
     Ok(())
@@ -344,9 +342,7 @@ fn read_rest(
     options: &Options,
     queue: &Queue,
     stop: &AtomicBool,
-    slots: &mut [u8],
-    lengths: &mut [Option<usize>],
-    events: &mut Vec<Event>,
+    batch: &mut Batch,
 ) {
     let _ = socket.leave(&options.groups()); // if refused, the time limit bounds the reading
     let received_before = queue.stats().0.received;
@@ -356,10 +352,10 @@ fn read_rest(
             queue.count(|s| s.stop_cut_short = 1);
             break;
         }
-        match socket.recv_batch(slots, DATAGRAM_BYTES, lengths, false) {
+        match batch.receive(socket, false) {
             Ok(Received::Datagrams(count)) => {
-                handle_batch(slots, &lengths[..count], options, queue, events);
-                if !queue.push_many(events, stop) {
+                batch.decode(count, options, queue);
+                if !queue.push_many(&mut batch.events, stop) {
                     break;
                 }
             }
@@ -402,21 +398,40 @@ impl DropsCounter {
     }
 }
 
-/// Decodes and filters the datagrams of one `recv_batch`, appending what is kept to `events`.
-fn handle_batch(
-    slots: &[u8],
-    lengths: &[Option<usize>],
-    options: &Options,
-    queue: &Queue,
-    events: &mut Vec<Event>,
-) {
-    let timestamp_ms = now_ms();
-    for (slot, length) in slots.chunks(DATAGRAM_BYTES).zip(lengths) {
-        let Some(datagram) = length.and_then(|length| slot.get(..length)) else {
-            queue.count(|s| s.decode_errors += 1); // larger than a slot: cut short
-            continue;
-        };
-        handle_datagram(datagram, timestamp_ms, options, queue, events);
+/// One `recv_batch`'s room: the datagrams, their lengths, and the events kept from them.
+struct Batch {
+    slots: Vec<u8>,
+    lengths: [Option<usize>; BATCH_DATAGRAMS],
+    events: Vec<Event>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            slots: vec![0u8; BATCH_DATAGRAMS * DATAGRAM_BYTES],
+            lengths: [None; BATCH_DATAGRAMS],
+            events: Vec::with_capacity(BATCH_DATAGRAMS),
+        }
+    }
+
+    fn receive(&mut self, socket: &EventSocket, wait: bool) -> std::io::Result<Received> {
+        socket.recv_batch(&mut self.slots, DATAGRAM_BYTES, &mut self.lengths, wait)
+    }
+
+    /// Decodes and filters the first `count` datagrams, appending what is kept to `events`.
+    fn decode(&mut self, count: usize, options: &Options, queue: &Queue) {
+        let timestamp_ms = now_ms();
+        for (slot, length) in self
+            .slots
+            .chunks(DATAGRAM_BYTES)
+            .zip(&self.lengths[..count])
+        {
+            let Some(datagram) = length.and_then(|length| slot.get(..length)) else {
+                queue.count(|s| s.decode_errors += 1); // larger than a slot: cut short
+                continue;
+            };
+            handle_datagram(datagram, timestamp_ms, options, queue, &mut self.events);
+        }
     }
 }
 
