@@ -13,8 +13,16 @@ if TYPE_CHECKING:  # pika is imported when publishing: it costs start-up time
     import pika  # type: ignore[import-untyped]
 
 
+# The publishing defaults, here (not in publisher.py) so that the command's flags can show them
+# without importing pika.
+# Messages published and not yet confirmed (--max-in-flight).
+DEFAULT_MAX_IN_FLIGHT = 1000
+# Events per message (--batch-events): one, as the reference.
+DEFAULT_BATCH_EVENTS = 1
 # A batch's body at most (--batch-bytes): well under RabbitMQ 4's max_message_size (16 MiB).
 DEFAULT_BATCH_BYTES = 4 << 20
+# Per host, for the TCP, TLS and AMQP handshakes (--connect-timeout).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 
 
 class BrokerConfigError(Exception):
@@ -32,7 +40,7 @@ class BrokerSettings:
     ca: str | None = None
     crt: str | None = None
     key: str | None = None
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     heartbeat_s: int = 30
 
     def __repr__(self) -> str:  # never show the password, even in a debugger or traceback
