@@ -92,11 +92,19 @@ def _resolvable(host: str, bracketed: bool) -> bool:
     return True
 
 
-def _port(text: str, item: str) -> int:
-    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+def port_number(text: str) -> int | None:
+    """`"5672"` -> 5672; None unless 1-65535 in ASCII digits (str.isdigit() also takes '²',
+    which int() refuses)."""
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
-        raise BrokerConfigError(f"bad port in host {item!r}")
+        return None
     return int(text)
+
+
+def _port(text: str, item: str) -> int:
+    port = port_number(text)
+    if port is None:
+        raise BrokerConfigError(f"bad port in host {item!r}")
+    return port
 
 
 def tls_context(settings: BrokerSettings) -> ssl.SSLContext | None:
