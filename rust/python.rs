@@ -32,8 +32,6 @@ create_exception!(
 
 /// The longest the GIL is released in one go, so Ctrl-C is seen within this time.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
-/// Kernel-drop warnings are logged at most this often; each one carries the running total.
-const DROPS_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl From<Error> for PyErr {
     fn from(error: Error) -> PyErr {
@@ -57,9 +55,11 @@ struct EventStream {
     as_json: bool,
     /// The opt-in fields each event carries after ASSURED.
     fields: Fields,
-    reliable: bool,
-    /// The kernel_dropped total last logged, and when.
-    drops_logged: Mutex<(u64, Option<Instant>)>,
+    /// Called with the kernel_dropped total whenever a pop sees it grown (what to say, and
+    /// how often, is the Python wrapper's business).
+    on_kernel_drops: Option<PyObject>,
+    /// The kernel_dropped total last passed to `on_kernel_drops`.
+    drops_reported: Mutex<u64>,
 }
 
 #[pymethods]
@@ -76,6 +76,7 @@ impl EventStream {
         queue_events = DEFAULT_QUEUE_EVENTS,
         fields = Vec::new(),
         filter = HashMap::new(),
+        on_kernel_drops = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -89,6 +90,7 @@ impl EventStream {
         queue_events: usize,
         fields: Vec<String>,
         filter: HashMap<String, Vec<String>>,
+        on_kernel_drops: Option<PyObject>,
     ) -> PyResult<Self> {
         let fields = parse_fields(&fields)?;
         let filter = parse_filter(filter)?;
@@ -115,10 +117,10 @@ impl EventStream {
         let stream = py.allow_threads(|| Stream::start(options))?;
         Ok(EventStream {
             stream,
-            reliable,
             as_json,
             fields,
-            drops_logged: Mutex::new((0, None)),
+            on_kernel_drops,
+            drops_reported: Mutex::new(0),
         })
     }
 
@@ -187,9 +189,7 @@ impl EventStream {
             });
             match popped {
                 (PopMany::Events(kernel_dropped), json) => {
-                    if kernel_dropped > 0 {
-                        self.log_kernel_drops(py, kernel_dropped)?;
-                    }
+                    self.report_kernel_drops(py, kernel_dropped)?;
                     return match json {
                         Some((bytes, ends)) => {
                             let mut start = 0;
@@ -267,47 +267,29 @@ impl EventStream {
 
 impl EventStream {
     fn deliver(&self, py: Python<'_>, event: &Event, kernel_dropped: u64) -> PyResult<PyObject> {
-        if kernel_dropped > 0 {
-            self.log_kernel_drops(py, kernel_dropped)?;
-        }
+        self.report_kernel_drops(py, kernel_dropped)?;
         to_python(py, event, self.as_json, self.fields)
     }
 
-    fn log_kernel_drops(&self, py: Python<'_>, kernel_dropped: u64) -> PyResult<()> {
-        let mut logged = self
-            .drops_logged
+    /// Calls `on_kernel_drops(total)` when the total has grown since the last call: a few
+    /// times a second at most (the reader reads the counter every 0.1 s), not per event.
+    fn report_kernel_drops(&self, py: Python<'_>, kernel_dropped: u64) -> PyResult<()> {
+        let Some(callback) = &self.on_kernel_drops else {
+            return Ok(());
+        };
+        if kernel_dropped == 0 {
+            return Ok(()); // the common case: no lock
+        }
+        let mut reported = self
+            .drops_reported
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let due = logged.1.is_none_or(|at| at.elapsed() >= DROPS_LOG_INTERVAL);
-        if kernel_dropped > logged.0 && due {
-            *logged = (kernel_dropped, Some(Instant::now()));
-            drop(logged);
-            // NETLINK_NO_ENOBUFS makes the kernel send DESTROYs again, never NEW or UPDATE;
-            // its counter then counts every failed attempt, retried DESTROYs included.
-            let (what, advice) = if self.reliable {
-                (
-                    "could not queue",
-                    "DESTROYs among them are sent again (so this counts attempts), NEW and \
-                     UPDATE are lost: use a larger buffer (buffer_bytes / --buffer-size) or \
-                     read faster",
-                )
-            } else {
-                (
-                    "dropped",
-                    "use a larger buffer (buffer_bytes / --buffer-size) or read faster \
-                     (reliable=True / --reliable saves DESTROY events only, not NEW or UPDATE)",
-                )
-            };
-            py.import("logging")?
-                .call_method1("getLogger", ("conntrack_collector",))?
-                .call_method1(
-                    "warning",
-                    (format!(
-                        "the kernel {what} {kernel_dropped} conntrack events so far, its socket \
-                         buffer full; {advice}"
-                    ),),
-                )?;
+        if kernel_dropped <= *reported {
+            return Ok(());
         }
+        *reported = kernel_dropped;
+        drop(reported);
+        callback.call1(py, (kernel_dropped,))?;
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-"""What every test module shares: the root-only marker's skip, and the namespace fixture."""
+"""What every test module shares: the root-only marker's skip, the namespace fixture, and an
+exchange with a queue bound on the shared broker."""
 
 from __future__ import annotations
 
@@ -28,3 +29,15 @@ def netns(request: pytest.FixtureRequest) -> Iterator[str]:
     prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().replace("test_", "", 1))[:10]
     with conntrack_netns(prefix.strip("-") or "test") as name:
         yield name
+
+
+@pytest.fixture
+def exchange_and_queue() -> Iterator[tuple[str, str]]:
+    """A new exchange and a queue bound to it on the shared RabbitMQ (127.0.0.1:5672), deleted
+    afterwards; the test marks itself rabbitmq.needs_broker."""
+    from rabbitmq import declare, delete, unique_name  # pika: only for the tests that publish
+
+    exchange, queue = unique_name("ex"), unique_name("q")
+    declare(exchange, queue)
+    yield exchange, queue
+    delete(exchange, queue)

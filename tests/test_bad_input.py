@@ -1,4 +1,4 @@
-"""Bad input that used to escape as "internal error" or a wrong exit code (issue 8, item 8),
+"""Bad input that used to escape as "internal error" or a wrong exit code ,
 and the other absurd arguments found by trying them: each is one line and the right code."""
 
 from __future__ import annotations

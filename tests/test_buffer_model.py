@@ -4,7 +4,7 @@ clear; after every step:
 
 - what is held (waiting, and taken but not released) never exceeds either bound, and the bound
   counts the JSON and the overhead of each event at what it costs once taken, so a take never
-  pushes memory over it (issue 8, defect 5: it counted waiting JSON only);
+  pushes memory over it (it once counted waiting JSON only);
 - events come out in the order they went in, each exactly once, and a put keeps the oldest of
   its batch: what is refused is always the newest, counted as dropped;
 - a take honours max_events and max_bytes but always takes one event if there is one;

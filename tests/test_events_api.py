@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import conntrack_collector
 import pytest
-from conntrack_collector import ConntrackError, EventStream, decode_datagram
+from conntrack_collector import ConntrackError, EventStream, KernelDropsWarning, decode_datagram
 from netns_util import conntrack_netns, flush_flows, send_udp_flows
 
 CAPTURES = sorted((Path(__file__).parents[1] / "rust" / "testdata").glob("*.bin"))
@@ -51,6 +52,28 @@ def test_conntrack_error_is_an_os_error_with_its_errno() -> None:
     assert issubclass(ConntrackError, OSError)
     error = ConntrackError(105, "recvmmsg failed")
     assert (error.errno, error.strerror) == (105, "recvmmsg failed")
+
+
+@pytest.mark.parametrize("reliable", [False, True], ids=["plain", "reliable"])
+def test_kernel_drops_are_logged_once_a_second_with_the_running_total(
+        caplog: pytest.LogCaptureFixture, reliable: bool) -> None:
+    """The native stream reports each growth of the kernel's drops; the wrapper says it at most
+    once a second, in the words of the mode."""
+    now = [100.0]
+    warn = KernelDropsWarning(reliable, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="conntrack_collector"):
+        warn(5)
+        now[0] += 0.5
+        warn(8)  # within the second: said by the next warning's total
+        now[0] += 0.5
+        warn(12)
+    lines = [record.getMessage() for record in caplog.records]
+    verb = "could not queue" if reliable else "dropped"
+    assert [line.split(";")[0] for line in lines] == [
+        f"the kernel {verb} 5 conntrack events so far, its socket buffer full",
+        f"the kernel {verb} 12 conntrack events so far, its socket buffer full"]
+    assert all("buffer_bytes / --buffer-size" in line for line in lines)
+    assert ("NEW and UPDATE are lost" in lines[0]) is reliable
 
 
 def test_version_is_the_crate_version() -> None:

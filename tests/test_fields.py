@@ -13,7 +13,7 @@ from conntrack_collector.cli import main
 from conntrack_collector.errors import ExitCode
 
 CAPTURES = sorted((Path(__file__).parents[1] / "rust" / "testdata").glob("*.bin"))
-SEED_KEYS = ["Timestamp", "Type", "Id", "Original", "Reply", "UNREPLIED", "ASSURED"]
+REFERENCE_KEYS = ["Timestamp", "Type", "Id", "Original", "Reply", "UNREPLIED", "ASSURED"]
 OPT_IN_KEYS = ["Start", "Stop", "Duration", "State", "Zone", "Mark", "Labels", "Icmp", "Status"]
 DIRECTION_KEYS = {"Layer3": ["Protonum", "Protoname", "Src", "Dst"],
                   "Layer4": ["Protonum", "Protoname", "Sport", "Dport"],
@@ -34,7 +34,7 @@ def test_dict_and_json_with_every_field_carry_the_same_content_in_the_same_order
     assert isinstance(as_json, bytes) and isinstance(as_dict, dict)
     parsed = json.loads(as_json)
     assert parsed == as_dict
-    assert list(parsed) == list(as_dict) == SEED_KEYS + OPT_IN_KEYS
+    assert list(parsed) == list(as_dict) == REFERENCE_KEYS + OPT_IN_KEYS
     for direction in ("Original", "Reply"):
         for part, keys in DIRECTION_KEYS.items():
             assert list(parsed[direction][part]) == list(as_dict[direction][part]) == keys
@@ -44,14 +44,14 @@ def test_dict_and_json_with_every_field_carry_the_same_content_in_the_same_order
     # Without fields, exactly the reference's message.
     [plain] = decode_datagram(datagram, timestamp_ms=1764160000123)
     assert isinstance(plain, dict)
-    assert {k: v for k, v in as_dict.items() if k in SEED_KEYS} == plain
+    assert {k: v for k, v in as_dict.items() if k in REFERENCE_KEYS} == plain
 
 
 def test_fields_in_any_order_and_case_come_in_the_documented_order() -> None:
     datagram = (Path(__file__).parents[1] / "rust/testdata/icmp_ipv4_destroy_0.bin").read_bytes()
     [event] = decode_datagram(datagram, fields=["STATUS", "icmp", "timestamps", "status"])
     assert isinstance(event, dict)
-    assert list(event)[len(SEED_KEYS):] == ["Start", "Stop", "Duration", "Icmp", "Status"]
+    assert list(event)[len(REFERENCE_KEYS):] == ["Start", "Stop", "Duration", "Icmp", "Status"]
     assert event["Icmp"] == {"Type": 8, "Code": 0, "Id": 4660}
     assert event["Duration"] == event["Stop"] - event["Start"]
 

@@ -13,7 +13,7 @@ import pytest
 from collector_process import Collector
 from conntrack_collector.gaps import GAP_TYPE
 from netns_util import conntrack_netns, send_udp_flows
-from rabbitmq import consume, declare, delete, needs_broker, unique_name
+from rabbitmq import consume, needs_broker
 
 pytestmark = [pytest.mark.root, needs_broker]
 
@@ -29,26 +29,23 @@ def doc_example() -> dict[str, Any]:
     return namespace
 
 
-def test_kernel_loss_is_a_gap_record_and_a_hole_in_the_sequence() -> None:
-    exchange, queue = unique_name("ex"), unique_name("q")
-    declare(exchange, queue)
-    try:
-        with conntrack_netns("gaps") as netns:
-            collector = Collector("--netns", netns, "--amqp-host", "127.0.0.1",
-                                  "--amqp-exchange", exchange, "--router-id", "gaprouter001",
-                                  "--events", "NEW", "--buffer-size", "4096", "--gap-records")
-            try:
-                collector.wait_for("connected to RabbitMQ")
-                collector.wait_listening()
-                send_udp_flows(netns, BURST_FLOWS)
-                collector.wait_for("the kernel dropped", timeout_s=10)  # the warning
-                code = collector.stop()
-                messages = consume(queue, 1, idle_s=2.0)
-            finally:
-                collector.stop()  # a no-op once stopped
-        assert code == 0, collector.log
-    finally:
-        delete(exchange, queue)
+def test_kernel_loss_is_a_gap_record_and_a_hole_in_the_sequence(
+        exchange_and_queue: tuple[str, str]) -> None:
+    exchange, queue = exchange_and_queue
+    with conntrack_netns("gaps") as netns:
+        collector = Collector("--netns", netns, "--amqp-host", "127.0.0.1",
+                              "--amqp-exchange", exchange, "--router-id", "gaprouter001",
+                              "--events", "NEW", "--buffer-size", "4096", "--gap-records")
+        try:
+            collector.wait_for("connected to RabbitMQ")
+            collector.wait_listening()
+            send_udp_flows(netns, BURST_FLOWS)
+            collector.wait_for("the kernel dropped", timeout_s=10)  # the warning
+            code = collector.stop()
+            messages = consume(queue, 1, idle_s=2.0)
+        finally:
+            collector.stop()  # a no-op once stopped
+    assert code == 0, collector.log
 
     dropped = re.search(r"the kernel dropped (\d+) event", collector.log.splitlines()[-1])
     assert dropped, collector.log

@@ -3,6 +3,7 @@ both modes, against the kernel's own count (/proc/net/netlink), never lost in si
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import subprocess
@@ -30,11 +31,13 @@ def read_all(stream: EventStream, quiet_s: float = 1.0) -> list[Any]:
 
 
 @pytest.mark.parametrize("reliable", [False, True], ids=["plain", "reliable"])
-def test_kernel_dropped_counts_events_not_overruns(netns: str, reliable: bool) -> None:
+def test_kernel_dropped_counts_events_not_overruns(netns: str, reliable: bool,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A burst into a tiny buffer while nobody reads: every NEW the kernel made is either
     received or in kernel_dropped, and kernel_dropped is what the kernel itself counted for our
     socket. ENOBUFS comes once per overrun (never in reliable mode), so `overruns` is far less:
-    reliable mode does not save NEW events."""
+    reliable mode does not save NEW events. The loss is logged as the stream reads on."""
+    caplog.set_level(logging.WARNING, logger="conntrack_collector")
     with EventStream(("NEW",), netns=netns, buffer_bytes=TINY_BUFFER_BYTES, queue_events=16,
                      reliable=reliable, as_json=True) as stream:
         send_udp_flows(netns, BURST_FLOWS)
@@ -50,6 +53,10 @@ def test_kernel_dropped_counts_events_not_overruns(netns: str, reliable: bool) -
         assert stats["overruns"] == 0, stats
     else:
         assert 0 < stats["overruns"] < lost // 10, stats
+    verb = "could not queue" if reliable else "dropped"
+    logged = [int(m[1]) for m in re.finditer(rf"the kernel {verb} (\d+) conntrack events so far",
+                                              caplog.text)]
+    assert logged and 0 < logged[-1] <= stats["kernel_dropped"], caplog.text
 
 
 def test_reliable_mode_resends_destroys_and_counts_the_failed_attempts(netns: str) -> None:

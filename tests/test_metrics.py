@@ -6,9 +6,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pika
 import pytest
@@ -22,6 +19,7 @@ from netns_util import (
     send_udp_flows,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from rabbitmq import SHARED_HOST, SHARED_PORT, needs_broker
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -112,32 +110,8 @@ def test_port_in_use_is_an_oserror() -> None:
 
 # End to end: the collector watching a namespace of its own and publishing to the local broker.
 
-BROKER = ("127.0.0.1", 5672)
+BROKER = (SHARED_HOST, SHARED_PORT)
 FLOWS = 3000
-
-
-def broker_up() -> bool:
-    try:
-        with socket.create_connection(BROKER, timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def bound_queue(exchange: str) -> Iterator[str]:
-    """A queue bound to `exchange` (declared as the collector declares it); deleted after."""
-    connection = pika.BlockingConnection(pika.ConnectionParameters(*BROKER))
-    channel = connection.channel()
-    channel.exchange_declare(exchange, "direct", durable=True)
-    queue = channel.queue_declare("", exclusive=False, auto_delete=False).method.queue
-    channel.queue_bind(queue, exchange, "")
-    try:
-        yield queue
-    finally:
-        channel.queue_delete(queue)
-        channel.exchange_delete(exchange)
-        connection.close()
 
 
 def message_ids(queue: str, count: int, timeout_s: float = 60.0) -> set[str]:
@@ -164,12 +138,12 @@ def total(samples: Samples, name: str) -> float:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not broker_up(), reason="no RabbitMQ on 127.0.0.1:5672")
-def test_numbers_add_up_while_events_flow() -> None:
+@needs_broker
+def test_numbers_add_up_while_events_flow(exchange_and_queue: tuple[str, str]) -> None:
     port = free_tcp_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    exchange = f"ctc-test-metrics-{uuid.uuid4().hex[:8]}"
-    with conntrack_netns("metrics") as netns, bound_queue(exchange) as queue:
+    exchange, queue = exchange_and_queue
+    with conntrack_netns("metrics") as netns:
         collector = Collector(
             "--netns", netns, "--amqp-host", BROKER[0], "--amqp-exchange", exchange,
             "--metrics-addr", f"127.0.0.1:{port}", "-v")

@@ -116,8 +116,8 @@ def test_buffer_bound_in_bytes_counts_each_event_as_the_publisher_will_hold_it()
 
 
 def test_buffer_bound_counts_what_the_publisher_holds_until_released() -> None:
-    """Issue 8, defect 5: events taken by the publisher (in flight, waiting to be sent again)
-    are still in memory; the bound counts them until the broker confirms them."""
+    """Events taken by the publisher (in flight, waiting to be sent again) are still in
+    memory (the bound once forgot them); the bound counts them until the broker confirms them."""
     stats = CollectorStats()
     held = 3 * (100 + EVENT_OVERHEAD_BYTES)
     buffer = EventBuffer(max_events=10, max_bytes=held, stats=stats)
@@ -166,14 +166,6 @@ def test_buffer_wakes_the_consumer_once_after_running_dry() -> None:
 
 
 # ---- publishing ------------------------------------------------------------------------------
-
-@pytest.fixture
-def exchange_and_queue() -> Any:
-    exchange, queue = unique_name("ex"), unique_name("q")
-    declare(exchange, queue)
-    yield exchange, queue
-    delete(exchange, queue)
-
 
 @needs_broker
 def test_every_event_is_published_once_with_the_contract_properties(

@@ -8,32 +8,29 @@ import time
 import pytest
 from collector_process import Collector
 from netns_util import conntrack_netns, flush_flows, send_udp_flows
-from rabbitmq import consume, declare, delete, needs_broker, unique_name
+from rabbitmq import consume, needs_broker
 
 pytestmark = [pytest.mark.root, needs_broker]
 
 FLOWS = 50
 
 
-def test_every_new_and_destroy_arrives_once_with_the_contract_properties() -> None:
-    exchange, queue = unique_name("ex"), unique_name("q")
-    declare(exchange, queue)
-    try:
-        with conntrack_netns("e2e") as netns:
-            collector = Collector("--netns", netns, "--amqp-host", "127.0.0.1",
-                                  "--amqp-exchange", exchange, "--router-id", "testrouter01")
-            try:
-                collector.wait_for("connected to RabbitMQ")
-                collector.wait_listening()
-                started_s = time.time()
-                send_udp_flows(netns, FLOWS)
-                flush_flows(netns)
-                messages = consume(queue, 2 * FLOWS)
-            finally:
-                code = collector.stop()
-        assert code == 0, collector.log
-    finally:
-        delete(exchange, queue)
+def test_every_new_and_destroy_arrives_once_with_the_contract_properties(
+        exchange_and_queue: tuple[str, str]) -> None:
+    exchange, queue = exchange_and_queue
+    with conntrack_netns("e2e") as netns:
+        collector = Collector("--netns", netns, "--amqp-host", "127.0.0.1",
+                              "--amqp-exchange", exchange, "--router-id", "testrouter01")
+        try:
+            collector.wait_for("connected to RabbitMQ")
+            collector.wait_listening()
+            started_s = time.time()
+            send_udp_flows(netns, FLOWS)
+            flush_flows(netns)
+            messages = consume(queue, 2 * FLOWS)
+        finally:
+            code = collector.stop()
+    assert code == 0, collector.log
 
     events = [json.loads(m.body) for m in messages]
     assert len(messages) == 2 * FLOWS, collector.log

@@ -6,7 +6,7 @@ when the test says. Random interleavings of puts, drains (callbacks, timers), ac
 - every accepted event is in exactly one place: buffered, in flight, awaiting republish,
   confirmed; every refused one is dropped with a reason;
 - connected, with room in the window and events to publish, a publish is pending on the
-  ioloop: the publisher cannot stall (issue 8, defect 1 broke this at the window's edge);
+  ioloop: the publisher cannot stall (it once did, at the window's edge);
 - nothing confirmed is sent again; the window is never exceeded;
 - every message's `sequence` header is the number of its first event in the order received
   (lost events, refused by the buffer or dropped by the kernel, take numbers too), the same

@@ -62,7 +62,7 @@ def test_watchdog_is_fed_while_the_loop_takes_events() -> None:
 
 
 def test_watchdog_is_not_fed_while_the_publisher_sits_on_events_it_could_publish() -> None:
-    # Issue 8, defect 1: connected, events buffered, nothing in flight, nothing published.
+    # The stall at the window's edge: connected, events buffered, nothing in flight or published.
     stats = CollectorStats()
     progress = PublisherProgress()
     assert progress.healthy(stats)  # idle

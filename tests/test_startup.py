@@ -1,4 +1,4 @@
-"""Start-up imports only what the run needs (issue 10: 0.5 s and 35 MiB before anything
+"""Start-up imports only what the run needs (it took 0.5 s and 35 MiB before anything
 happened, 22-31 s in a mipsel guest): `version` and `--output stdout` import none of rich
 (help and the live display only), prometheus_client (--metrics-addr), yaml (a config file, or
 --print-config), pika (publishing) and hvac (Vault)."""

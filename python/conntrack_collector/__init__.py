@@ -12,7 +12,8 @@ public API and the only one users import.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
@@ -37,6 +38,42 @@ FILTER_LISTS = ("accept_protocols", "ignore_protocols", "accept_addresses", "ign
                 "accept_tcp_states", "ignore_tcp_states")
 #: A filter list: a sequence of items, or one comma-separated string ("tcp,udp").
 FilterItems = Union[str, Iterable[Union[str, int]], None]
+
+
+#: Kernel-drop warnings are logged at most this often; each one carries the running total.
+DROPS_LOG_INTERVAL_S = 1.0
+
+
+class KernelDropsWarning:
+    """What a stream says when the kernel drops events for it (its socket buffer full): the
+    native stream calls this with the running total whenever it has grown; one warning at
+    most every DROPS_LOG_INTERVAL_S (growth in between is in the next one's total)."""
+
+    def __init__(self, reliable: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self._reliable = reliable
+        self._clock = clock
+        self._logged_at: float | None = None
+
+    def __call__(self, kernel_dropped: int) -> None:
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < DROPS_LOG_INTERVAL_S:
+            return
+        self._logged_at = now
+        # NETLINK_NO_ENOBUFS makes the kernel send DESTROYs again, never NEW or UPDATE; its
+        # counter then counts every failed attempt, retried DESTROYs included.
+        if self._reliable:
+            what, advice = "could not queue", (
+                "DESTROYs among them are sent again (so this counts attempts), NEW and UPDATE "
+                "are lost: use a larger buffer (buffer_bytes / --buffer-size) or read faster")
+        else:
+            what, advice = "dropped", (
+                "use a larger buffer (buffer_bytes / --buffer-size) or read faster "
+                "(reliable=True / --reliable saves DESTROY events only, not NEW or UPDATE)")
+        import logging  # only now: `version` and friends start faster without it
+
+        logging.getLogger("conntrack_collector").warning(
+            "the kernel %s %d conntrack events so far, its socket buffer full; %s",
+            what, kernel_dropped, advice)
 
 
 def filter_items(value: FilterItems) -> list[str]:
@@ -112,6 +149,7 @@ class EventStream:
             queue_events=queue_events,
             fields=list(fields),
             filter={name: filter_items(value) for name, value in lists.items() if value},
+            on_kernel_drops=KernelDropsWarning(reliable),
         )
         if self._native.startup_warnings:
             import logging  # only now: `version` and friends start faster without it

@@ -1,7 +1,7 @@
 """The Rust core. Import `conntrack_collector`, not this module."""
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from typing_extensions import Self, TypeAlias
@@ -42,10 +42,13 @@ class EventStream:
         queue_events: int = ...,
         fields: Sequence[str] = (),
         filter: Mapping[str, Sequence[str]] = ...,
+        on_kernel_drops: Callable[[int], object] | None = None,
     ) -> None:
         """filter: the accept/ignore lists by name (accept_protocols, ignore_protocols,
         accept_addresses, ignore_addresses, accept_tcp_states, ignore_tcp_states), compiled to a BPF socket filter attached to the
-        socket; ValueError for a bad item, ConntrackError if the kernel refuses the program."""
+        socket; ValueError for a bad item, ConntrackError if the kernel refuses the program.
+        on_kernel_drops: called with the kernel_dropped total when a poll or next() sees it
+        grown (not per event); what it raises, the poll raises."""
     @property
     def startup_warnings(self) -> list[str]:
         """One line per kernel setting that makes events incomplete or missing."""

@@ -13,8 +13,16 @@ if TYPE_CHECKING:  # pika is imported when publishing: it costs start-up time
     import pika  # type: ignore[import-untyped]
 
 
+# The publishing defaults, here (not in publisher.py) so that the command's flags can show them
+# without importing pika.
+# Messages published and not yet confirmed (--max-in-flight).
+DEFAULT_MAX_IN_FLIGHT = 1000
+# Events per message (--batch-events): one, as the reference.
+DEFAULT_BATCH_EVENTS = 1
 # A batch's body at most (--batch-bytes): well under RabbitMQ 4's max_message_size (16 MiB).
 DEFAULT_BATCH_BYTES = 4 << 20
+# Per host, for the TCP, TLS and AMQP handshakes (--connect-timeout).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 
 
 class BrokerConfigError(Exception):
@@ -32,7 +40,7 @@ class BrokerSettings:
     ca: str | None = None
     crt: str | None = None
     key: str | None = None
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     heartbeat_s: int = 30
 
     def __repr__(self) -> str:  # never show the password, even in a debugger or traceback
@@ -84,11 +92,19 @@ def _resolvable(host: str, bracketed: bool) -> bool:
     return True
 
 
-def _port(text: str, item: str) -> int:
-    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+def port_number(text: str) -> int | None:
+    """`"5672"` -> 5672; None unless 1-65535 in ASCII digits (str.isdigit() also takes '²',
+    which int() refuses)."""
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
-        raise BrokerConfigError(f"bad port in host {item!r}")
+        return None
     return int(text)
+
+
+def _port(text: str, item: str) -> int:
+    port = port_number(text)
+    if port is None:
+        raise BrokerConfigError(f"bad port in host {item!r}")
+    return port
 
 
 def tls_context(settings: BrokerSettings) -> ssl.SSLContext | None:

@@ -14,7 +14,15 @@ import rich_click as click
 from click.core import ParameterSource
 
 from . import FILTER_LISTS, _native, config, filter_items, observers, vault
-from .broker import DEFAULT_BATCH_BYTES, BrokerConfigError, BrokerSettings, parse_hosts
+from .broker import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_EVENTS,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_IN_FLIGHT,
+    BrokerConfigError,
+    BrokerSettings,
+    parse_hosts,
+)
 from .buffer import default_max_bytes
 from .collector import RunSettings, open_stream, run
 from .command import version_line
@@ -305,9 +313,11 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
               help="The same bound in bytes: the JSON of the events held, waiting or with the "
                    "publisher, and their overhead  [default: 1/8 of MemTotal, within 16 MiB-1 "
                    f"GiB: {MAX_BUFFER_BYTES} here]")
-@click.option("--max-in-flight", type=click.IntRange(1, 65535), default=1000, metavar="N",
+@click.option("--max-in-flight", type=click.IntRange(1, 65535), default=DEFAULT_MAX_IN_FLIGHT,
+              metavar="N",
               help="Messages published and not yet confirmed")
-@click.option("--batch-events", type=click.IntRange(1, 100_000), default=1, metavar="N",
+@click.option("--batch-events", type=click.IntRange(1, 100_000), default=DEFAULT_BATCH_EVENTS,
+              metavar="N",
               help="Up to N events per message, body a JSON array (AMQP type "
                    "`conntrack.events.batch`); 1 = one event per message, as the reference")
 @click.option("--batch-bytes", type=click.IntRange(1024, 512 << 20), default=DEFAULT_BATCH_BYTES,
@@ -322,7 +332,8 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
                    "docs/completeness.md")
 @click.option("--shutdown-timeout", type=Seconds(0, MAX_SECONDS), default=10.0, metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long to wait for outstanding confirms")
-@click.option("--connect-timeout", type=Seconds(0.1, MAX_SECONDS), default=5.0, metavar="SECONDS",
+@click.option("--connect-timeout", type=Seconds(0.1, MAX_SECONDS),
+              default=DEFAULT_CONNECT_TIMEOUT_S, metavar="SECONDS",
               help="Per host, for TCP, TLS and AMQP handshakes")
 @click.option("--config", metavar="PATH", is_eager=True, expose_value=True,
               callback=_load_settings,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NoReturn, Protocol, cast
 
-from . import _native
+from . import ConntrackError, EventStream, _native
 from .broker import DEFAULT_BATCH_BYTES, BrokerConfigError, BrokerSettings
 from .buffer import EventBuffer
 from .credentials import CredentialsProvider
@@ -70,11 +70,9 @@ class RunSettings:
 
 
 def open_stream(settings: RunSettings) -> Stream:
-    import conntrack_collector as native  # the Rust reader; imported late so the CLI works without
-
     filter_lists: dict[str, Any] = dict(settings.filter_lists)
     try:
-        stream = native.EventStream(
+        stream = EventStream(
             types=settings.types,
             netns=settings.netns,
             nat_only=settings.nat_only,
@@ -90,7 +88,7 @@ def open_stream(settings: RunSettings) -> Stream:
         raise Error(str(exc), ExitCode.USAGE) from None  # it names the namespace's path
     except ValueError as exc:  # a bad argument: the command line checked all but --netns
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.USAGE) from None
-    except (native.ConntrackError, OSError) as exc:
+    except (ConntrackError, OSError) as exc:
         raise Error(f"cannot listen to conntrack events: {exc}", ExitCode.ERROR) from None
     return cast(Stream, stream)  # as_json=True: poll_many gives bytes
 

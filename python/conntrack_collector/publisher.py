@@ -25,6 +25,8 @@ from typing import Literal
 
 from .broker import (
     DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_EVENTS,
+    DEFAULT_MAX_IN_FLIGHT,
     BrokerSettings,
     Refusal,
     connect_refusal,
@@ -49,6 +51,9 @@ __all__ = ["BATCH_TYPE", "DEFAULT_BATCH_BYTES", "Publisher"]
 
 log = logging.getLogger("conntrack_collector")
 
+# After a round in which no host got ready, wait this long, doubling up to the ceiling.
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 10.0
 # A connection lost sooner than this after it got ready is retried with backoff, not at once.
 STABLE_CONNECTION_S = 5.0
 # A message returned unroutable (no queue bound yet) is republished after this pause: the
@@ -65,11 +70,11 @@ class Publisher:
         buffer: EventBuffer,
         stats: CollectorStats,
         *,
-        max_in_flight: int = 1000,
-        batch_events: int = 1,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        batch_events: int = DEFAULT_BATCH_EVENTS,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
-        reconnect_min_s: float = 0.5,
-        reconnect_max_s: float = 10.0,
+        reconnect_min_s: float = RECONNECT_MIN_S,
+        reconnect_max_s: float = RECONNECT_MAX_S,
         credentials: CredentialsProvider | None = None,
         gap_records: bool = False,
     ) -> None:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
+from .broker import port_number
+
 log = logging.getLogger("conntrack_collector")
 
 # The config secret's keys (matched case-insensitively) and the settings they override.
@@ -147,10 +149,10 @@ def amqp_overrides(secret: Mapping[str, Any], path: str) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for setting, (key, value) in found.items():
         if setting == "amqp_port":
-            text = str(value).strip()
-            if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+            port = port_number(str(value).strip())
+            if port is None:
                 raise VaultError(f"the secret at {path}: {key!r} is not a port: {value!r}")
-            overrides[setting] = int(text)
+            overrides[setting] = port
         else:
             overrides[setting] = str(value)
     return overrides
