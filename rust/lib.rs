@@ -16,6 +16,7 @@ pub mod queue;
 pub mod reader;
 pub mod schema;
 pub mod socket;
+pub mod wake;
 
 #[cfg(feature = "python")]
 mod python;

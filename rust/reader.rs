@@ -4,6 +4,7 @@
 //! touches the socket.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,24 +21,25 @@ use crate::netns;
 use crate::queue::{Pop, PopMany, Queue, Stats};
 use crate::schema::{Field, Fields};
 use crate::socket::{EventSocket, Received};
+use crate::wake::Wake;
 
-/// How long one `recv` may block, so a stop request is seen within this time.
-const RECV_SLICE: Duration = Duration::from_millis(50);
 /// Big enough for any single ctnetlink event datagram (they are under 2 KiB).
 const DATAGRAM_BYTES: usize = 16 * 1024;
 /// Datagrams taken per system call in a burst.
 const BATCH_DATAGRAMS: usize = 32;
 /// During a burst the socket's drops counter is read this often (also on every ENOBUFS,
-/// when idle, and at the end): so `stats()` is at most about this old while reading.
+/// whenever the socket is empty, and at the end): so `stats()` is at most about this old while reading.
 const DROPS_READ_INTERVAL: Duration = Duration::from_millis(100);
 /// After a read that emptied the socket the reader pauses before the next one, so that a
 /// sparse stream is read in batches: one wake-up of the reader and of the consumer per batch
 /// rather than per event (what a filter that lets 1 in 10 through is left paying). The pause
-/// lets at most a quarter of the socket's buffer fill at the fastest event rate seen here
+/// lets at most half of the socket's buffer fill at the fastest event rate seen here
 /// (about 370k events/s in a flush on 2 cores, each taking under 1 KiB of socket memory),
-/// and never more than LINGER_MAX: a few milliseconds with the default buffer, none with a
-/// tiny one.
-const LINGER_MAX: Duration = Duration::from_millis(10);
+/// and never more than LINGER_MAX: about 15 ms with the default buffer, none with a tiny
+/// one. Each read cycle costs the reader and the consumer a wake-up (tens of microseconds on
+/// a small VM), so the pause, not the events, sets the CPU of a sparse stream; half a buffer
+/// still leaves the other half for the reading that follows.
+const LINGER_MAX: Duration = Duration::from_millis(20);
 const FASTEST_SOCKET_BYTES_PER_S: f64 = 500_000.0 * 1024.0;
 /// Shorter pauses than this are not worth a sleep.
 const LINGER_MIN: Duration = Duration::from_micros(200);
@@ -104,6 +106,8 @@ pub struct Stream {
     stop: Arc<AtomicBool>,
     /// Set by `stop_reading`: read what the socket holds, then end.
     draining: Arc<AtomicBool>,
+    /// Signalled with `stop` and `draining`: the reader waits on it beside its socket.
+    wake: Arc<Wake>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub started: Started,
 }
@@ -119,11 +123,13 @@ impl Stream {
         let queue = Arc::new(Queue::new(options.queue_events));
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Wake::new()?);
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
             let queue = Arc::clone(&queue);
             let stop = Arc::clone(&stop);
             let draining = Arc::clone(&draining);
+            let wake = Arc::clone(&wake);
             std::thread::Builder::new()
                 .name("conntrack-reader".into())
                 .spawn(move || {
@@ -137,6 +143,7 @@ impl Stream {
                                 let flags = Flags {
                                     stop: &stop,
                                     draining: &draining,
+                                    wake: &wake,
                                 };
                                 let linger = linger(started_buffer_bytes);
                                 read_loop(&socket, &options, &queue, flags, linger).err()
@@ -166,6 +173,7 @@ impl Stream {
             queue,
             stop,
             draining,
+            wake,
             thread: Mutex::new(Some(thread)),
             started: Started::default(),
         };
@@ -196,14 +204,15 @@ impl Stream {
     /// ends. Returns once it has; the queue then holds the rest of the stream.
     pub fn stop_reading(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.wake.signal();
         self.queue.lift_bound();
         self.join();
     }
 
-    /// Stops the reader thread and waits for it (at most about one receive slice); what the
-    /// socket still holds is not read.
+    /// Stops the reader thread and waits for it; what the socket still holds is not read.
     pub fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.wake.signal();
         self.join();
     }
 
@@ -263,9 +272,6 @@ fn subscribe(options: &Options, netns: Option<File>) -> Result<(EventSocket, Sta
         })?;
         started.warnings.extend(program.left_to_rust);
     }
-    socket
-        .set_receive_timeout(RECV_SLICE)
-        .map_err(|e| Error::os("cannot set a receive timeout", e))?;
     started.warnings.extend(kernel::settings_warnings());
     if options.fields.contains(Field::Timestamps) {
         started.warnings.extend(kernel::timestamps_warning());
@@ -280,13 +286,15 @@ struct Flags<'a> {
     stop: &'a AtomicBool,
     /// Read what the socket holds, then end.
     draining: &'a AtomicBool,
+    /// Readable once either is set.
+    wake: &'a Wake,
 }
 
 /// The pause after a read that emptied a socket of `buffer_bytes` (see LINGER_MAX).
 fn linger(buffer_bytes: usize) -> Option<Duration> {
-    let quarter_filled_s = buffer_bytes as f64 / 4.0 / FASTEST_SOCKET_BYTES_PER_S;
-    // Whole nanoseconds, rounded down: "at most a quarter".
-    let pause = Duration::from_nanos((quarter_filled_s * 1e9) as u64).min(LINGER_MAX);
+    let half_filled_s = buffer_bytes as f64 / 2.0 / FASTEST_SOCKET_BYTES_PER_S;
+    // Whole nanoseconds, rounded down: "at most half".
+    let pause = Duration::from_nanos((half_filled_s * 1e9) as u64).min(LINGER_MAX);
     (pause >= LINGER_MIN).then_some(pause)
 }
 
@@ -301,10 +309,14 @@ fn read_loop(
     let mut drops = DropsCounter::new(socket);
     let reading = || !flags.stop.load(Ordering::Relaxed) && !flags.draining.load(Ordering::Relaxed);
     while reading() {
-        let count = match batch.receive(socket, true) {
+        // Never blocks: an empty socket is waited on below, beside the wake-up.
+        let count = match batch.receive(socket, false) {
             Ok(Received::Datagrams(count)) => count,
             Ok(Received::Timeout) => {
                 drops.read(socket, queue);
+                socket
+                    .wait_readable(flags.wake.as_fd())
+                    .map_err(|e| Error::os("waiting for conntrack events failed", e))?;
                 continue;
             }
             Ok(Received::Overrun) => {
@@ -480,12 +492,12 @@ mod tests {
     use super::{linger, DEFAULT_BUFFER_BYTES, LINGER_MAX};
 
     #[test]
-    fn the_pause_after_an_emptied_socket_fills_at_most_a_quarter_of_its_buffer() {
+    fn the_pause_after_an_emptied_socket_fills_at_most_half_of_its_buffer() {
         let default = linger(DEFAULT_BUFFER_BYTES).expect("the default buffer allows a pause");
         assert!(default <= LINGER_MAX);
-        // 500k events/s of 1 KiB each for the pause: at most a quarter of the buffer.
+        // 500k events/s of 1 KiB each for the pause: at most half of the buffer.
         let filled = 500_000.0 * 1024.0 * default.as_secs_f64();
-        assert!(filled <= DEFAULT_BUFFER_BYTES as f64 / 4.0, "{filled}");
+        assert!(filled <= DEFAULT_BUFFER_BYTES as f64 / 2.0, "{filled}");
         assert_eq!(linger(4096), None, "a tiny buffer is read without pausing");
         assert_eq!(linger(1 << 30), Some(LINGER_MAX));
     }

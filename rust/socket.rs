@@ -2,7 +2,7 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -242,7 +242,27 @@ impl EventSocket {
         self.set_raw(libc::SOL_SOCKET, SO_ATTACH_FILTER, &program)
     }
 
-    /// Bounds every `recv`, so the reader thread sees a stop request in time.
+    /// Waits until the socket has something to read (data or an error such as ENOBUFS) or
+    /// `wake` is readable; without a timeout.
+    pub fn wait_readable(&self, wake: BorrowedFd<'_>) -> io::Result<()> {
+        let mut fds = [self.fd.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        loop {
+            // SAFETY: `fds` lives through the call and its length is passed with it.
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) } >= 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Bounds every `recv` (the probe's wait for the kernel's answer).
     // musl's libc crate marks time_t deprecated (its width changes in musl 1.2); timeval
     // still takes it, and the value fits either width.
     #[allow(deprecated)]
