@@ -36,6 +36,8 @@ BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-420}
 bash "$CROSS_DIR/setup.sh"
 WHEEL_DIR=${CROSS_WHEEL_DIR:-$OUT_DIR}
 mkdir -p "$OUT_DIR" "$WORK_DIR" "$WHEEL_DIR"
+# Absolute: the host's decoding runs from / and writes its facts here.
+WHEEL_DIR=$(cd "$WHEEL_DIR" && pwd)
 REPORT="$WHEEL_DIR/emulated-report.txt"
 FACTS="$WHEEL_DIR/facts"
 : >"$REPORT"
