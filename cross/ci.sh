@@ -6,7 +6,10 @@
 #      installs the wheel alone and it decodes every capture as on x86_64;
 #   2. the armv7 and mipsel wheels with cross-rs under podman (cross/cross-wheels.sh), then the
 #      whole proofs on them: the target's pip with the dependencies, the CLI, the same decoding,
-#      real events under qemu-system (the mipsel guest also runs the musl probe built in 1).
+#      the host's kernel tests under qemu-system (the mipsel guest also runs the musl probe
+#      built in 1).
+# Each proof's verdict is pytest's (tests/cross, on the facts test-emulated.sh gathered); the
+# reports have a PASS or FAIL line for each.
 # The Python side is the same in both builds, so the first proves only what differs: the
 # native code and its tag.
 # The cross-rs binary is kept in ~/.cache and its image in podman's store, both outside the

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# `make test-cross` (after `make wheels`): the proofs that the cross wheels work.
+# `make test-cross` (after `make wheels`): the proofs that the cross wheels work. Bash runs the
+# tools (mmdebstrap, chroot, cpio, qemu) and keeps what they report as facts in DIR/facts/;
+# pytest gives the verdicts on those facts (tests/cross/test_emulated.py), and the guests run the
+# host's own kernel tests (cross/guest/kernel-tests.args).
 #   cargo-test   the crate's Rust tests built for armv7, mipsel (glibc) and mipsel (musl,
 #                static, soft-float), run under qemu-user
 #   armhf        armv7 wheel: the target's pip installs it with its dependencies into a Debian
 #                armhf root (qemu-user chroot), the CLI runs, Python imports it and decodes the
 #                golden captures exactly as x86_64 does; then Debian's armmp kernel boots under
-#                qemu-system-arm and EventStream yields real NEW/DESTROY events, checked field
-#                by field and against the guest's own `conntrack -E`, and measured
+#                qemu-system-arm and runs the host's kernel tests (real NEW/UPDATE/DESTROY
+#                events, field by field against the guest's own `conntrack -E`), and measures
 #   musl         mipsel-musl wheel (OpenWrt): ELF checks (MIPS32r2, o32, soft-float, musl only),
 #                and the Rust core built as a static musl soft-float binary (cross/musl-probe)
 #                for the mipsel guest to run against its real kernel (no musl Python for MIPS
@@ -20,7 +23,7 @@
 #        [armhf-decode] [mipsel-decode]    (default: the first four)
 # Proves the wheels in CROSS_WHEEL_DIR (default cross/out/, e.g. cross/out/cross-rs/ for
 # cross/cross-wheels.sh's); the x86_64 reference wheel always comes from cross/out/.
-# Writes DIR/emulated-report.txt; exits non-zero if any proof failed.
+# Writes DIR/facts/ and DIR/emulated-report.txt; exits non-zero if any proof failed.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_DIR"
@@ -33,9 +36,14 @@ BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-420}
 bash "$CROSS_DIR/setup.sh"
 WHEEL_DIR=${CROSS_WHEEL_DIR:-$OUT_DIR}
 mkdir -p "$OUT_DIR" "$WORK_DIR" "$WHEEL_DIR"
+# Absolute: the host's decoding runs from / and writes its facts here.
+WHEEL_DIR=$(cd "$WHEEL_DIR" && pwd)
 REPORT="$WHEEL_DIR/emulated-report.txt"
+FACTS="$WHEEL_DIR/facts"
 : >"$REPORT"
-rm -f "$WORK_DIR/host-digest"
+rm -rf "$FACTS"
+mkdir -p "$FACTS"
+printf '%s\n' "${steps[@]}" >"$FACTS/steps"
 failed=0
 report() { echo "$*" | tee -a "$REPORT" >&2; }
 pass() { report "PASS  $*"; }
@@ -117,44 +125,43 @@ install_in_root() {
     fi
     if [ "$only" = decode ]; then
         :
+    elif ! chroot "$root" /usr/bin/python3 -m pip install --no-cache-dir --no-compile \
+            --only-binary=:all: --break-system-packages --disable-pip-version-check \
+            $(grep -E '^pytest' requirements-dev.txt) >"$WORK_DIR/pip-pytest-$arch.log" 2>&1; then
+        tail -20 "$WORK_DIR/pip-pytest-$arch.log" >&2
+        fail "$arch: pip install pytest for the guest's kernel tests (see $WORK_DIR/pip-pytest-$arch.log)"
     elif chroot "$root" /usr/local/bin/conntrack-event-collector --help >"$WORK_DIR/cli-$arch.log" 2>&1; then
         pass "$arch: conntrack-event-collector --help runs under qemu-user ($(grep -c -- '--amqp-' "$WORK_DIR/cli-$arch.log") --amqp-* options listed)"
     else
         tail -20 "$WORK_DIR/cli-$arch.log" >&2
         fail "$arch: conntrack-event-collector --help under qemu-user"
     fi
-    # Import, and decode every golden capture as the reader would, against the manifest.
+    # Import, and decode every golden capture as the reader would: facts for pytest, which
+    # compares them with the manifest and with the x86_64 wheel's.
     mkdir -p "$root/tmp/testdata"
     cp rust/testdata/*.bin rust/testdata/manifest.json "$root/tmp/testdata/"
-    cp "$CROSS_DIR/guest/import_check.py" "$root/tmp/"
-    if chroot "$root" /usr/bin/python3 /tmp/import_check.py /tmp/testdata >"$WORK_DIR/import-$arch.log" 2>&1; then
-        pass "$arch: import under qemu-user: $(tail -1 "$WORK_DIR/import-$arch.log")"
+    cp "$CROSS_DIR/guest/decode_captures.py" "$root/tmp/"
+    if chroot "$root" /usr/bin/python3 /tmp/decode_captures.py /tmp/testdata /tmp/decoded.json \
+            >"$WORK_DIR/decode-$arch.log" 2>&1; then
+        cp "$root/tmp/decoded.json" "$FACTS/decoded-$arch.json"
+        pass "$arch: import under qemu-user: $(tail -1 "$WORK_DIR/decode-$arch.log")"
     else
-        cat "$WORK_DIR/import-$arch.log" >&2
+        cat "$WORK_DIR/decode-$arch.log" >&2
         fail "$arch: import under qemu-user"
     fi
-    report "      $arch under qemu-user, $(grep '^socket:' "$WORK_DIR/import-$arch.log" || true)"
-    local ours theirs
-    ours=$(sed -n 's/^digest: //p' "$WORK_DIR/import-$arch.log")
-    theirs=$(host_digest)
-    if [ -n "$ours" ] && [ "$ours" = "$theirs" ]; then
-        pass "$arch: every golden capture decodes to the same dicts and JSON bytes as the x86_64 wheel"
-    else
-        fail "$arch: decoded golden captures differ from the x86_64 wheel's ($ours != $theirs)"
-    fi
+    decode_on_host
 }
 
-# What the x86_64 wheel decodes from the golden captures, in a venv of the host's Python.
-host_digest() {
+# What the x86_64 wheel decodes from the golden captures, in a venv of the host's Python: the
+# reference the targets' facts are compared with.
+decode_on_host() {
     local venv="$WORK_DIR/venv-host"
-    if [ ! -s "$WORK_DIR/host-digest" ]; then
-        rm -rf "$venv"
-        "$HOST_PYTHON" -m venv "$venv"
-        "$venv/bin/pip" install --quiet --no-index --no-deps "$(wheel_for '*_x86_64.whl' "$OUT_DIR")"
-        (cd / && "$venv/bin/python" "$CROSS_DIR/guest/import_check.py" "$REPO_DIR/rust/testdata") 2>/dev/null \
-            | sed -n 's/^digest: //p' >"$WORK_DIR/host-digest" || true
-    fi
-    cat "$WORK_DIR/host-digest"
+    [ ! -s "$FACTS/decoded-x86_64.json" ] || return 0
+    rm -rf "$venv"
+    "$HOST_PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --no-index --no-deps "$(wheel_for '*_x86_64.whl' "$OUT_DIR")"
+    (cd / && "$venv/bin/python" "$CROSS_DIR/guest/decode_captures.py" "$REPO_DIR/rust/testdata" \
+        "$FACTS/decoded-x86_64.json") >&2 || fail "x86_64: decode_captures.py with the x86_64 wheel"
 }
 
 # --- real conntrack events under qemu-system ---------------------------------------------------
@@ -181,7 +188,8 @@ make_initramfs() {
         --exclude=./usr/lib/python3.11/test --exclude=./usr/lib/python3.11/ensurepip \
         --exclude=./usr/lib/\*-linux-gnu\*/gconv . \
         | tar -C "$stage" -xf -
-    local moddir="lib/modules/$kver" wanted=(crc32c_generic nf_conntrack_netlink nft_ct) files=()
+    # nft_chain_nat and nft_nat: the kernel tests' source NAT.
+    local moddir="lib/modules/$kver" wanted=(crc32c_generic nf_conntrack_netlink nft_ct nft_chain_nat nft_nat) files=()
     local m line
     for m in "${wanted[@]}"; do
         line=$(grep -E "(^|/)$m\.ko(\.xz)?:" "$root/$moddir/modules.dep") || die "$arch: no module $m"
@@ -195,13 +203,14 @@ make_initramfs() {
     done
     depmod -b "$stage" "$kver"
     cp "$CROSS_DIR/guest/init" "$stage/init"
-    mkdir -p "$stage/cross-test"
-    cp "$CROSS_DIR/guest/guest_check.py" "$stage/cross-test/"
-    # The parser of `conntrack -E` output that the host's differential test uses.
-    if [ -f tests/conntrack_text.py ]; then cp tests/conntrack_text.py "$stage/cross-test/"; fi
-    cp tests/traffic.py "$stage/cross-test/"
+    # The host's tests and their pytest settings, at the same paths under /cross-test.
+    mkdir -p "$stage/cross-test/tests"
+    cp "$CROSS_DIR/guest/throughput.py" "$CROSS_DIR/guest/kernel-tests.args" pyproject.toml \
+        "$stage/cross-test/"
+    cp tests/*.py "$stage/cross-test/tests/"
     if [ "$arch" = mipsel ] && [ -x "$WORK_DIR/musl-probe-bin" ]; then
         cp "$WORK_DIR/musl-probe-bin" "$stage/cross-test/musl-probe"
+        echo "$WORK_DIR/musl-probe-bin" >"$FACTS/mipsel-guest-runs-musl-probe"
     fi
     (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -1) >"$WORK_DIR/initrd-$arch.gz"
     cp "$root/boot/vmlinuz-$kver" "$WORK_DIR/vmlinuz-$arch"
@@ -223,39 +232,24 @@ boot() {
         -initrd "$WORK_DIR/initrd-$arch.gz" -nographic -monitor none -nic none -no-reboot \
         </dev/null >"$logf" 2>&1 || true
     local took=$((SECONDS - t0))
-    cp "$logf" "$WHEEL_DIR/qemu-$arch.log"
-    grep -a '^guest:' "$logf" | grep -av '^guest: event ' | sed 's/^/    /' >&2 || true
-    local verdict
-    verdict=$(grep -a '^CONNTRACK-QEMU-RESULT:' "$logf" | tail -1 | tr -d '\r' || true)
-    if [[ $verdict == "CONNTRACK-QEMU-RESULT: PASS "* ]]; then
-        pass "$arch: qemu-system, $(basename "$wheel"): $(summary "${verdict#*PASS }") (boot to power-off $took s)"
-    else
-        tail -30 "$logf" >&2
-        fail "$arch: qemu-system: ${verdict:-no verdict within $BOOT_TIMEOUT_S s} (log: $WHEEL_DIR/qemu-$arch.log)"
-    fi
-    if [ -f "$WORK_DIR/initramfs-$arch/cross-test/musl-probe" ]; then
-        grep -a '^musl-probe:' "$logf" | sed 's/^/    /' >&2 || true
-        verdict=$(grep -a '^MUSL-PROBE-RESULT:' "$logf" | tail -1 | tr -d '\r' || true)
-        if [[ $verdict == "MUSL-PROBE-RESULT: PASS "* ]]; then
-            pass "mipsel-musl: static soft-float musl build of the core under qemu-system $arch: ${verdict#*PASS }"
-        else
-            fail "mipsel-musl: probe under qemu-system $arch: ${verdict:-no verdict}"
-        fi
-    fi
+    # The console is the guest's facts (pytest reads its JUnit and throughput lines).
+    tr -d '\r' <"$logf" >"$FACTS/qemu-$arch.log"
+    cp "$FACTS/qemu-$arch.log" "$WHEEL_DIR/qemu-$arch.log"
+    grep -a -E '^(guest:|musl-probe:|(PASSED|FAILED|ERROR) )' "$FACTS/qemu-$arch.log" | sed 's/^/    /' >&2 || true
+    report "      $arch: qemu-system, $(basename "$wheel"): boot to power-off $took s; $(throughput_summary "$FACTS/qemu-$arch.log")"
 }
 
-summary() {
+# One line of what the guest measured, for the report (informative; pytest judges).
+throughput_summary() {
     "$HOST_PYTHON" - "$1" <<'EOF'
 import json, sys
-r = json.loads(sys.argv[1])
+line = [l for l in open(sys.argv[1], errors="replace") if l.startswith("CONNTRACK-QEMU-THROUGHPUT: ")]
+r = json.loads(line[-1].split(" ", 1)[1]) if line else {}
 t, j = r.get("throughput", {}), r.get("throughput_json", {})
-compared = (f"equal to the target's conntrack -E ({r['conntrack_E_events']})"
-            if "conntrack_E_events" in r else "(no conntrack -E comparison)")
-print(f"{r['events']} NEW/DESTROY events with correct fields, {compared},"
-      f" kernel {r['kernel']} {r['machine']}; {t.get('flows')} flows: iterator"
-      f" {t.get('iterator_per_s')}/s as dicts, {j.get('iterator_per_s')}/s as JSON; flush to"
-      f" iterator {t.get('flush_destroy_per_s')}/s dicts, {j.get('flush_destroy_per_s')}/s JSON;"
-      f" overruns {t.get('overruns')}+{j.get('overruns')}")
+print(f"kernel {r.get('kernel')} {r.get('machine')}, import {r.get('import_s')} s; {t.get('flows')}"
+      f" flows: iterator {t.get('iterator_per_s')}/s as dicts, {j.get('iterator_per_s')}/s as JSON;"
+      f" flush to iterator {t.get('flush_destroy_per_s')}/s dicts,"
+      f" {j.get('flush_destroy_per_s')}/s JSON")
 EOF
 }
 
@@ -268,26 +262,10 @@ musl_checks() {
     "$HOST_PYTHON" -m zipfile -e "$wheel" "$dir"
     local so
     so=$(ls "$dir"/conntrack_collector/_native*.so)
-    local header abi needed interp
-    header=$(readelf -h "$so")
-    abi=$(readelf -A "$so")
-    needed=$(readelf -d "$so" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
-    interp=$(readelf -l "$so" | grep -c 'Requesting program interpreter' || true)
-    local ok=1
-    grep -q 'Machine:.*MIPS' <<<"$header" || ok=0
-    grep -q 'Class:.*ELF32' <<<"$header" || ok=0
-    grep -q "little endian" <<<"$header" || ok=0
-    grep -q 'ISA: MIPS32r2' <<<"$abi" || ok=0
-    grep -q 'FP ABI: Soft float' <<<"$abi" || ok=0
-    [ "$needed" = "libc.so " ] || ok=0   # musl: one libc.so; glibc would need libc.so.6 etc.
-    grep -q 'o32' < <(readelf -h "$so" | grep Flags) || ok=0
-    if [ $ok = 1 ]; then
-        pass "mipsel-musl: $(basename "$wheel"): ELF32 LSB MIPS32r2 o32, soft-float, NEEDED only musl's libc.so, no glibc symbol versions ($(du -h "$so" | cut -f1) .so)"
-    else
-        echo "$header" "$abi" "NEEDED: $needed" >&2
-        fail "mipsel-musl: ELF checks of $(basename "$wheel")"
-    fi
-    if readelf -V "$so" | grep -q GLIBC; then fail "mipsel-musl: references glibc symbol versions"; fi
+    # The ELF facts pytest judges: header, MIPS ABI flags, dynamic section, program headers,
+    # symbol versions.
+    { echo "wheel: $(basename "$wheel")"; echo "size: $(stat -c %s "$so")"
+      readelf -h -A -d -l -V "$so"; } >"$FACTS/musl-readelf.txt" 2>&1
 }
 
 # The crate's Rust core as a static musl soft-float binary (cross/musl-probe), for the mipsel
@@ -338,6 +316,14 @@ for step in "${steps[@]}"; do
     esac
 done
 
+# The verdicts on the facts gathered above, one report line each.
+log "verdicts: pytest tests/cross"
+verdicts="$WORK_DIR/verdicts.log"
+CROSS_FACTS_DIR="$FACTS" "$HOST_PYTHON" -m pytest -p no:cacheprovider -q -rA tests/cross >"$verdicts" 2>&1 || true
+sed -n -E 's/^PASSED tests\/cross\/[^:]*::/PASS  pytest /p; s/^(FAILED|ERROR) tests\/cross\/[^:]*::/FAIL  pytest /p' \
+    "$verdicts" | tee -a "$REPORT" >&2
+grep -q -E '^[0-9]+ passed' <(tail -1 "$verdicts") && ! grep -q -E '^(FAILED|ERROR) ' "$verdicts" \
+    || { sed -n '/= FAILURES =/,$p' "$verdicts" | head -80 >&2; fail "pytest tests/cross (see $verdicts)"; }
 report "emulated tests took $((SECONDS - t_all)) s"
 ls -l "$WHEEL_DIR"/*.whl | awk '{print "wheel " $5 " bytes  " $9}' | tee -a "$REPORT" >&2
 echo "--- summary ($REPORT)" >&2

@@ -141,10 +141,12 @@ try:
         pass
 except KeyboardInterrupt:
     print("interrupted", flush=True)
-# Events queued after the interrupt are still there for the next read.
-print("left", stream.poll(1.0) is not None, flush=True)
+# Events queued after the interrupt are still there for the next read (once the parent
+# has made them: under emulation its traffic takes seconds).
+sys.stdin.readline()
+print("left", stream.poll(5.0) is not None, flush=True)
 """],
-        stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
@@ -152,6 +154,9 @@ print("left", stream.poll(1.0) is not None, flush=True)
     child.send_signal(signal.SIGINT)
     assert child.stdout.readline().strip() == "interrupted"
     make_traffic(netns, "udp4")
+    assert child.stdin is not None
+    child.stdin.write("made\n")
+    child.stdin.flush()
     assert child.stdout.readline().strip() == "left True"
     assert child.wait(timeout=10) == 0
 
