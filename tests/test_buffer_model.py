@@ -11,7 +11,9 @@ clear; after every step:
 - the counters the metrics read (publish_buffer_events/bytes) are what is waiting;
 - refused events leave one gap item (their count) before the next event kept, a gap item put
   by the caller (kernel loss) goes where it was put, gap items are outside the bounds, and a
-  take hands a gap item out alone, never with events."""
+  take hands a gap item out alone, never with events;
+- a backlog is packed: at most two chunks are unpacked (the one taken from, the one filled),
+  and what is taken from packed chunks is what was put."""
 
 from __future__ import annotations
 
@@ -160,6 +162,11 @@ class BufferModel(RuleBasedStateMachine):
         assert self.stats.dropped_by_reason.get("buffer_full", 0) == self.dropped
         expected = [e for e in self.kept if e not in self.cleared]
         assert self.out == expected[:len(self.out)]  # in order, each once
+
+    @invariant()
+    def backlog_packed(self) -> None:
+        chunks = [c for c in self.buffer._chunks if not isinstance(c, bytes)]
+        assert sum(c.packed is None for c in chunks) <= 2
 
 
 BufferModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
