@@ -8,7 +8,7 @@ import json
 import random
 import threading
 
-from conntrack_collector.buffer import CHUNK_BYTES, EventBuffer
+from conntrack_collector.buffer import CHUNK_BYTES, PACK_AFTER_BYTES, EventBuffer
 from conntrack_collector.stats import CollectorStats
 
 # One DESTROY as the collector writes it (the reference's schema), with its values varied below.
@@ -47,14 +47,16 @@ def router_events(n: int, seed: int = 1) -> list[bytes]:
 
 
 def test_a_backlog_is_held_in_a_fraction_of_its_json() -> None:
-    events = router_events(40_000)  # about 19 MiB of JSON
+    events = router_events(80_000)  # about 38 MiB of JSON
     json_bytes = sum(map(len, events))
     buffer = EventBuffer(10**6, 1 << 30, CollectorStats())
     for i in range(0, len(events), 1024):  # as the reader loop puts them
         assert buffer.put_many(events[i:i + 1024]) == len(events[i:i + 1024])
     assert buffer.events_held == len(events)
-    # Two chunks unpacked (the first and the last), the rest packed at least 4 to 1.
-    assert buffer.memory_bytes < 2.5 * CHUNK_BYTES + json_bytes / 4
+    assert buffer.wait_packed(30)
+    # Unpacked: the first chunk, the last, and PACK_AFTER_BYTES; the rest packed 4 to 1 or more.
+    unpacked = PACK_AFTER_BYTES + 2.5 * CHUNK_BYTES
+    assert buffer.memory_bytes < unpacked + (json_bytes - unpacked) / 4
     out: list[bytes] = []
     while got := buffer.take(1000):
         out.extend(got)

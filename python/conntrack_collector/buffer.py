@@ -16,10 +16,15 @@ has room for it at what it will cost once taken (its JSON and EVENT_OVERHEAD_BYT
 taking never pushes what is held over the bound. The default bound is a share of the
 machine's memory (`default_max_bytes`).
 
-A backlog is packed: a chunk closed while another waits before it will wait too, so it is
-compressed (zlib, its fastest level) and unpacked when the publisher reaches it. At most two
-chunks are ever unpacked, the one taken from and the one filled, so a backlog's memory is about
-its compressed size plus 2 MiB. The bound still counts every event at its JSON size: packing
+A large backlog is packed: a chunk closed while more than PACK_AFTER_BYTES of JSON wait, and
+another chunk before it, will wait a while, so it is compressed (zlib, its fastest level) and
+unpacked when the publisher reaches it. Once packing has caught up, what is unpacked is the
+chunk taken from, the one filled, and at most PACK_AFTER_BYTES between them, so a large
+backlog's memory is about its compressed size plus 18 MiB. A smaller one is not worth the CPU
+(about 3 us an event, which cost the instant-ack sink a tenth of its rate when every backlog
+was packed). Packing runs on a thread of its own,
+started when a chunk is to be packed and ended when none is left: done on the reader loop's
+thread it slowed the loop enough in a 200k-flow flush that the kernel dropped 5-9 % of it. The bound still counts every event at its JSON size: packing
 lowers what memory holds, not how many events the bound lets in.
 
 Refused events leave a gap item (gaps.py) where they would have been, before the next event
@@ -53,6 +58,8 @@ CHUNK_BYTES = 1 << 20
 # events with varied addresses, to a seventh of their size (docs/cli.md); slower levels gain
 # little on such text.
 PACK_LEVEL = 1
+# Chunks closed while more JSON than this waits are packed.
+PACK_AFTER_BYTES = 16 << 20
 # What a waiting event costs beside its JSON: its end offset (array "I").
 INDEX_BYTES = 4
 # What an event taken by the publisher costs beside its JSON: a bytes object's header (33 B)
@@ -112,6 +119,9 @@ class EventBuffer:
         self._stats = stats
         self._chunks: deque[_Chunk | bytes] = deque()  # bytes: a gap item
         self._filling: _Chunk | None = None  # the chunk puts append to
+        self._packing = threading.Condition()  # guards the two below; notified when idle
+        self._to_pack: deque[_Chunk] = deque()
+        self._packer_running = False
         self._events = 0  # waiting here
         self._bytes = 0  # their JSON bytes
         self._taken_events = 0  # taken, not yet released
@@ -181,7 +191,7 @@ class EventBuffer:
         if waker is not None:
             waker()
         if closed is not None:
-            self._pack(closed)
+            self._hand_to_packer(closed)
         return kept
 
     def put_gap(self, item: bytes | None) -> None:
@@ -211,9 +221,11 @@ class EventBuffer:
         closed = None
         chunk = self._chunks[-1] if self._chunks else None
         if not isinstance(chunk, _Chunk) or len(chunk.data) >= CHUNK_BYTES:
-            # Closed by its size or by a gap item after it; untouched and not first: it waits.
+            # Closed by its size or by a gap item after it; untouched, not first, and behind a
+            # large backlog: it will wait.
             filled = self._filling
-            if filled is not None and filled.first == 0 and filled is not self._chunks[0]:
+            if (filled is not None and filled.first == 0 and filled is not self._chunks[0]
+                    and self._bytes > PACK_AFTER_BYTES):
                 closed = filled
             chunk = self._filling = _Chunk()
             self._chunks.append(chunk)
@@ -224,14 +236,40 @@ class EventBuffer:
         chunk.ends.extend(itertools.islice(ends, 1, None))
         return closed
 
+    def _hand_to_packer(self, chunk: _Chunk) -> None:
+        with self._packing:
+            self._to_pack.append(chunk)
+            if self._packer_running:
+                return
+            self._packer_running = True
+        threading.Thread(target=self._pack_queued, name="buffer-packer", daemon=True).start()
+
+    def _pack_queued(self) -> None:
+        while True:
+            with self._packing:
+                if not self._to_pack:
+                    self._packer_running = False
+                    self._packing.notify_all()
+                    return
+                chunk = self._to_pack.popleft()
+            self._pack(chunk)
+
     def _pack(self, chunk: _Chunk) -> None:
         """Compresses a closed chunk outside the lock (zlib lets go of the GIL, and nothing
         writes a closed chunk), and keeps the result unless events were taken from it
-        meanwhile."""
+        meanwhile (then the publisher is there, and it stays as it is)."""
+        if chunk.first:
+            return
         packed = zlib.compress(chunk.data, PACK_LEVEL)
         with self._lock:
             if chunk.first == 0 and chunk.packed is None:
                 chunk.packed, chunk.data = packed, b""
+
+    def wait_packed(self, timeout: float | None = None) -> bool:
+        """Waits until every closed chunk handed to the packer is packed (or skipped); False
+        if the timeout came first."""
+        with self._packing:
+            return self._packing.wait_for(lambda: not self._packer_running, timeout)
 
     def take(self, max_events: int, *, max_bytes: int | None = None,
              waker: Callable[[], None] | None = None) -> list[bytes]:
