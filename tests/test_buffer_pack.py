@@ -47,7 +47,7 @@ def router_events(n: int, seed: int = 1) -> list[bytes]:
 
 
 def test_a_backlog_is_held_in_a_fraction_of_its_json() -> None:
-    events = router_events(80_000)  # about 38 MiB of JSON
+    events = router_events(120_000)  # about 57 MiB of JSON
     json_bytes = sum(map(len, events))
     buffer = EventBuffer(10**6, 1 << 30, CollectorStats())
     for i in range(0, len(events), 1024):  # as the reader loop puts them

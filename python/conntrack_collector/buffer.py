@@ -20,9 +20,10 @@ A large backlog is packed: a chunk closed while more than PACK_AFTER_BYTES of JS
 another chunk before it, will wait a while, so it is compressed (zlib, its fastest level) and
 unpacked when the publisher reaches it. Once packing has caught up, what is unpacked is the
 chunk taken from, the one filled, and at most PACK_AFTER_BYTES between them, so a large
-backlog's memory is about its compressed size plus 18 MiB. A smaller one is not worth the CPU
-(about 3 us an event, which cost the instant-ack sink a tenth of its rate when every backlog
-was packed). Packing runs on a thread of its own,
+backlog's memory is about its compressed size plus 34 MiB. A smaller one is not worth the CPU
+(about 3 us an event, on the two cores the reader shares at a burst's peak: packing every
+backlog cost the instant-ack sink a tenth of its rate, and beyond 16 MiB it still lost events in
+some 200k-flow flushes; docs/benchmarks.md). Packing runs on a thread of its own,
 started when a chunk is to be packed and ended when none is left: done on the reader loop's
 thread it slowed the loop enough in a 200k-flow flush that the kernel dropped 5-9 % of it. The bound still counts every event at its JSON size: packing
 lowers what memory holds, not how many events the bound lets in.
@@ -59,7 +60,7 @@ CHUNK_BYTES = 1 << 20
 # little on such text.
 PACK_LEVEL = 1
 # Chunks closed while more JSON than this waits are packed.
-PACK_AFTER_BYTES = 16 << 20
+PACK_AFTER_BYTES = 32 << 20
 # What a waiting event costs beside its JSON: its end offset (array "I").
 INDEX_BYTES = 4
 # What an event taken by the publisher costs beside its JSON: a bytes object's header (33 B)
