@@ -8,6 +8,7 @@ import json
 import random
 import threading
 
+import pytest
 from conntrack_collector.buffer import CHUNK_BYTES, PACK_AFTER_BYTES, EventBuffer
 from conntrack_collector.stats import CollectorStats
 
@@ -87,4 +88,22 @@ def test_a_reader_and_a_publisher_thread_move_every_event_once_in_order() -> Non
         i += n
     done.set()
     thread.join(60)
+    assert out == events
+
+
+def test_without_a_thread_for_packing_nothing_is_lost(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(_thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    events = router_events(100_000, seed=4)
+    buffer = EventBuffer(10**6, 1 << 30, CollectorStats())
+    for i in range(0, len(events), 1024):
+        assert buffer.put_many(events[i:i + 1024]) == len(events[i:i + 1024])
+    assert buffer.wait_packed(1)
+    assert "backlog not packed: cannot start a thread" in caplog.text
+    out: list[bytes] = []
+    while got := buffer.take(1000):
+        out.extend(got)
     assert out == events

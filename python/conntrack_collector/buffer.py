@@ -243,7 +243,14 @@ class EventBuffer:
             if self._packer_running:
                 return
             self._packer_running = True
-        threading.Thread(target=self._pack_queued, name="buffer-packer", daemon=True).start()
+        try:
+            threading.Thread(target=self._pack_queued, name="buffer-packer", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had (a low RLIMIT_NPROC): stays unpacked
+            log.warning("backlog not packed: cannot start a thread (%s)", exc)
+            with self._packing:
+                self._to_pack.clear()
+                self._packer_running = False
+                self._packing.notify_all()
 
     def _pack_queued(self) -> None:
         while True:
