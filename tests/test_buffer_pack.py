@@ -107,3 +107,22 @@ def test_without_a_thread_for_packing_nothing_is_lost(monkeypatch: pytest.Monkey
     while got := buffer.take(1000):
         out.extend(got)
     assert out == events
+
+
+def test_packing_waits_while_the_reader_is_behind() -> None:
+    events = router_events(100_000, seed=5)
+    buffer = EventBuffer(10**6, 1 << 30, CollectorStats())
+    for i in range(0, len(events), 1024):  # full batches: a flood
+        buffer.put_many(events[i:i + 1024], reader_behind=True)
+    assert not buffer.wait_packed(0.5)
+    raw = buffer.memory_bytes
+    assert raw > sum(map(len, events))  # nothing packed yet
+    buffer.put_many([], reader_behind=False)  # an empty read: the reader caught up
+    buffer.put_many(router_events(1, seed=6), reader_behind=False)
+    assert buffer.wait_packed(30)
+    unpacked = PACK_AFTER_BYTES + 2.5 * CHUNK_BYTES
+    assert buffer.memory_bytes < unpacked + (sum(map(len, events)) - unpacked) / 4
+    out: list[bytes] = []
+    while got := buffer.take(1000):
+        out.extend(got)
+    assert out[:len(events)] == events

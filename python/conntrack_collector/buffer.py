@@ -22,10 +22,11 @@ unpacked when the publisher reaches it. Once packing has caught up, what is unpa
 chunk taken from, the one filled, and at most PACK_AFTER_BYTES between them, so a large
 backlog's memory is about its compressed size plus 34 MiB. A smaller one is not worth the CPU
 (about 3 us an event, on the two cores the reader shares at a burst's peak: packing every
-backlog cost the instant-ack sink a tenth of its rate, and beyond 16 MiB it still lost events in
-some 200k-flow flushes; docs/benchmarks.md). Packing runs on a thread of its own,
-started when a chunk is to be packed and ended when none is left: done on the reader loop's
-thread it slowed the loop enough in a 200k-flow flush that the kernel dropped 5-9 % of it. The bound still counts every event at its JSON size: packing
+backlog cost the instant-ack sink a tenth of its rate; docs/benchmarks.md). Packing runs on a
+thread of its own, started when a chunk is to be packed and ended when none is left, and only
+while the reader loop keeps up (its last put was not a full batch): packing during a flood,
+on the reader loop's thread or on its own, made the kernel drop up to 9 % of some 200k-flow
+flushes. So a flood's backlog is packed once the flood is over, and its peak is not lowered. The bound still counts every event at its JSON size: packing
 lowers what memory holds, not how many events the bound lets in.
 
 Refused events leave a gap item (gaps.py) where they would have been, before the next event
@@ -123,6 +124,7 @@ class EventBuffer:
         self._packing = threading.Condition()  # guards the two below; notified when idle
         self._to_pack: deque[_Chunk] = deque()
         self._packer_running = False
+        self._reader_behind = False  # as the last put said
         self._events = 0  # waiting here
         self._bytes = 0  # their JSON bytes
         self._taken_events = 0  # taken, not yet released
@@ -159,10 +161,13 @@ class EventBuffer:
         """Queue one event; False when it was dropped because the buffer is full."""
         return self.put_many((event,)) == 1
 
-    def put_many(self, events: Sequence[bytes]) -> int:
+    def put_many(self, events: Sequence[bytes], *, reader_behind: bool = False) -> int:
         """Queue events in order; returns how many were kept (the first ones: the rest are
-        dropped as the bound is reached)."""
+        dropped as the bound is reached). `reader_behind`: more events wait to be read (the
+        caller got a full batch); packing waits until a put says otherwise."""
         if not events:
+            if reader_behind != self._reader_behind:
+                self._to_packer(None, reader_behind)
             return 0
         sizes = list(map(len, events))
         with self._lock:
@@ -191,8 +196,8 @@ class EventBuffer:
                 self._dropped(len(events) - kept)
         if waker is not None:
             waker()
-        if closed is not None:
-            self._hand_to_packer(closed)
+        if closed is not None or reader_behind != self._reader_behind:
+            self._to_packer(closed, reader_behind)
         return kept
 
     def put_gap(self, item: bytes | None) -> None:
@@ -237,10 +242,15 @@ class EventBuffer:
         chunk.ends.extend(itertools.islice(ends, 1, None))
         return closed
 
-    def _hand_to_packer(self, chunk: _Chunk) -> None:
+    def _to_packer(self, chunk: _Chunk | None, reader_behind: bool) -> None:
         with self._packing:
-            self._to_pack.append(chunk)
-            if self._packer_running:
+            caught_up = self._reader_behind and not reader_behind
+            self._reader_behind = reader_behind
+            if chunk is not None:
+                self._to_pack.append(chunk)
+            if caught_up:
+                self._packing.notify_all()
+            if self._packer_running or not self._to_pack:
                 return
             self._packer_running = True
         try:
@@ -255,6 +265,7 @@ class EventBuffer:
     def _pack_queued(self) -> None:
         while True:
             with self._packing:
+                self._packing.wait_for(lambda: not self._reader_behind)
                 if not self._to_pack:
                     self._packer_running = False
                     self._packing.notify_all()
