@@ -2,7 +2,7 @@
 
 Run as root from the repository, with RabbitMQ on 127.0.0.1:5672 (guest/guest):
 
-    python3 bench/bench.py [--targets iterator,sink,rabbitmq] [--scenarios 60,10k,...]
+    python3 bench/bench.py [--targets iterator,sink,rabbitmq] [--scenarios 60/s,10k/s,...]
 
 Three consumers of the same kernel events, each started afresh for each scenario:
   - `iterator`: `EventStream()` (NEW and DESTROY, as_json=True) iterated in a process of its

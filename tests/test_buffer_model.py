@@ -11,7 +11,10 @@ clear; after every step:
 - the counters the metrics read (publish_buffer_events/bytes) are what is waiting;
 - refused events leave one gap item (their count) before the next event kept, a gap item put
   by the caller (kernel loss) goes where it was put, gap items are outside the bounds, and a
-  take hands a gap item out alone, never with events."""
+  take hands a gap item out alone, never with events;
+- a large backlog is packed: once the packer thread is done, the chunks unpacked are the one
+  taken from, the one filled, and between them no more JSON than PACK_AFTER_BYTES; what is
+  taken from packed chunks is what was put."""
 
 from __future__ import annotations
 
@@ -44,11 +47,15 @@ def committed_cost(waiting: list[bytes], taken: list[bytes]) -> int:
 
 class BufferModel(RuleBasedStateMachine):
     @initialize(max_events=st.integers(1, 40), max_bytes=st.integers(1, 3000),
-                chunk_bytes=st.sampled_from([16, 200, 1 << 20]))
-    def setup(self, max_events: int, max_bytes: int, chunk_bytes: int) -> None:
+                chunk_bytes=st.sampled_from([16, 200, 1 << 20]),
+                pack_after_bytes=st.sampled_from([0, 300, 16 << 20]))
+    def setup(self, max_events: int, max_bytes: int, chunk_bytes: int,
+              pack_after_bytes: int) -> None:
         import conntrack_collector.buffer as module
 
         module.CHUNK_BYTES = chunk_bytes  # small chunks: takes that cross chunks
+        module.PACK_AFTER_BYTES = pack_after_bytes
+        self.pack_after_bytes = pack_after_bytes
         self.stats = CollectorStats()
         self.buffer = EventBuffer(max_events, max_bytes, self.stats)
         self.max_events, self.max_bytes = max_events, max_bytes
@@ -65,6 +72,7 @@ class BufferModel(RuleBasedStateMachine):
         import conntrack_collector.buffer as module
 
         module.CHUNK_BYTES = 1 << 20
+        module.PACK_AFTER_BYTES = 16 << 20
 
     def event(self, size: int) -> bytes:
         self.next_id += 1
@@ -160,6 +168,13 @@ class BufferModel(RuleBasedStateMachine):
         assert self.stats.dropped_by_reason.get("buffer_full", 0) == self.dropped
         expected = [e for e in self.kept if e not in self.cleared]
         assert self.out == expected[:len(self.out)]  # in order, each once
+
+    @invariant()
+    def backlog_packed(self) -> None:
+        assert self.buffer.wait_packed(10)
+        chunks = [c for c in self.buffer._chunks if not isinstance(c, bytes)]
+        between = [c for c in chunks[1:-1] if c.packed is None]
+        assert sum(c.ends[-1] - c.start_of(c.first) for c in between) <= self.pack_after_bytes
 
 
 BufferModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40,

@@ -16,6 +16,19 @@ has room for it at what it will cost once taken (its JSON and EVENT_OVERHEAD_BYT
 taking never pushes what is held over the bound. The default bound is a share of the
 machine's memory (`default_max_bytes`).
 
+A large backlog is packed: a chunk closed while more than PACK_AFTER_BYTES of JSON wait, and
+another chunk before it, will wait a while, so it is compressed (zlib, its fastest level) and
+unpacked when the publisher reaches it. Once packing has caught up, what is unpacked is the
+chunk taken from, the one filled, and at most PACK_AFTER_BYTES between them, so a large
+backlog's memory is about its compressed size plus 34 MiB. A smaller one is not worth the CPU
+(about 3 us an event, on the two cores the reader shares at a burst's peak: packing every
+backlog cost the instant-ack sink a tenth of its rate; docs/benchmarks.md). Packing runs on a
+thread of its own, started when a chunk is to be packed and ended when none is left, and only
+while the reader loop keeps up (its last put was not a full batch): packing during a flood,
+on the reader loop's thread or on its own, made the kernel drop up to 9 % of some 200k-flow
+flushes. So a flood's backlog is packed once the flood is over, and its peak is not lowered. The bound still counts every event at its JSON size: packing
+lowers what memory holds, not how many events the bound lets in.
+
 Refused events leave a gap item (gaps.py) where they would have been, before the next event
 kept; a gap item is an entry of its own between chunks, outside the bounds (a run of refusals
 makes one), and `take` hands it out alone: it is a message of its own.
@@ -28,6 +41,7 @@ import itertools
 import logging
 import threading
 import time
+import zlib
 from array import array
 from collections import deque
 from collections.abc import Sequence
@@ -42,6 +56,12 @@ log = logging.getLogger("conntrack_collector")
 DROP_LOG_INTERVAL_S = 10.0
 # A chunk of waiting events is closed at this size; a consumed one is freed at once.
 CHUNK_BYTES = 1 << 20
+# Packing is zlib's fastest level: on x86_64 about 5 ms a MiB to pack and 2 ms to unpack
+# events with varied addresses, to a seventh of their size (docs/cli.md); slower levels gain
+# little on such text.
+PACK_LEVEL = 1
+# Chunks closed while more JSON than this waits are packed.
+PACK_AFTER_BYTES = 32 << 20
 # What a waiting event costs beside its JSON: its end offset (array "I").
 INDEX_BYTES = 4
 # What an event taken by the publisher costs beside its JSON: a bytes object's header (33 B)
@@ -71,14 +91,21 @@ def default_max_bytes(meminfo: Path = MEMINFO) -> int:
 
 class _Chunk:
     """Events' JSON one after the other; `ends[i]` is where event i ends; `first` the first
-    event not yet taken."""
+    event not yet taken. While packed, `data` is empty and `packed` holds it compressed."""
 
-    __slots__ = ("data", "ends", "first")
+    __slots__ = ("data", "ends", "first", "packed")
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        self.data: bytearray | bytes = bytearray()
         self.ends = array("I")
         self.first = 0
+        self.packed: bytes | None = None
+
+    @property
+    def memory_bytes(self) -> int:
+        """Its JSON, packed or not, and its index, taken events included until it is freed."""
+        data = self.packed if self.packed is not None else self.data
+        return len(data) + self.ends.itemsize * len(self.ends)
 
     def __len__(self) -> int:
         return len(self.ends) - self.first
@@ -93,6 +120,11 @@ class EventBuffer:
         self.max_bytes = max_bytes
         self._stats = stats
         self._chunks: deque[_Chunk | bytes] = deque()  # bytes: a gap item
+        self._filling: _Chunk | None = None  # the chunk puts append to
+        self._packing = threading.Condition()  # guards the two below; notified when idle
+        self._to_pack: deque[_Chunk] = deque()
+        self._packer_running = False
+        self._reader_behind = False  # as the last put said
         self._events = 0  # waiting here
         self._bytes = 0  # their JSON bytes
         self._taken_events = 0  # taken, not yet released
@@ -116,6 +148,12 @@ class EventBuffer:
         return self._bytes + EVENT_OVERHEAD_BYTES * self._events + self._taken_bytes
 
     @property
+    def memory_bytes(self) -> int:
+        """What the chunks of waiting events really take, packed or not."""
+        with self._lock:
+            return sum(c.memory_bytes for c in self._chunks if isinstance(c, _Chunk))
+
+    @property
     def held_events(self) -> int:
         return self._events + self._taken_events
 
@@ -123,10 +161,13 @@ class EventBuffer:
         """Queue one event; False when it was dropped because the buffer is full."""
         return self.put_many((event,)) == 1
 
-    def put_many(self, events: Sequence[bytes]) -> int:
+    def put_many(self, events: Sequence[bytes], *, reader_behind: bool = False) -> int:
         """Queue events in order; returns how many were kept (the first ones: the rest are
-        dropped as the bound is reached)."""
+        dropped as the bound is reached). `reader_behind`: more events wait to be read (the
+        caller got a full batch); packing waits until a put says otherwise."""
         if not events:
+            if reader_behind != self._reader_behind:
+                self._to_packer(None, reader_behind)
             return 0
         sizes = list(map(len, events))
         with self._lock:
@@ -140,10 +181,11 @@ class EventBuffer:
                 costs = itertools.accumulate(size + EVENT_OVERHEAD_BYTES for size in sizes[:kept])
                 kept = bisect.bisect_right(list(costs), room_bytes)
                 total = sum(sizes[:kept])
+            closed = None
             if kept:
                 if self._refused is not None:
                     self._append_refused()
-                self._append(events, sizes, kept)
+                closed = self._append(events, sizes, kept)
                 self._events += kept
                 self._bytes += total
                 self._publish_counts()
@@ -154,6 +196,8 @@ class EventBuffer:
                 self._dropped(len(events) - kept)
         if waker is not None:
             waker()
+        if closed is not None or reader_behind != self._reader_behind:
+            self._to_packer(closed, reader_behind)
         return kept
 
     def put_gap(self, item: bytes | None) -> None:
@@ -177,16 +221,74 @@ class EventBuffer:
         self._chunks.append(gaps.gap_record(lost, gaps.BUFFER, from_ms, to_ms))
         self._gap_items += 1
 
-    def _append(self, events: Sequence[bytes], sizes: list[int], kept: int) -> None:
+    def _append(self, events: Sequence[bytes], sizes: list[int], kept: int) -> _Chunk | None:
+        """Appends to the last chunk, or to a new one when it is full; returns the chunk this
+        closed if it is to be packed: one that waits behind another."""
+        closed = None
         chunk = self._chunks[-1] if self._chunks else None
         if not isinstance(chunk, _Chunk) or len(chunk.data) >= CHUNK_BYTES:
-            chunk = _Chunk()
+            # Closed by its size or by a gap item after it; untouched, not first, and behind a
+            # large backlog: it will wait.
+            filled = self._filling
+            if (filled is not None and filled.first == 0 and filled is not self._chunks[0]
+                    and self._bytes > PACK_AFTER_BYTES):
+                closed = filled
+            chunk = self._filling = _Chunk()
             self._chunks.append(chunk)
         base = len(chunk.data)
         chunk.data += b"".join(itertools.islice(events, kept))
         # Each event's end; the first value accumulate gives is `initial`, the previous end.
         ends = itertools.accumulate(sizes[:kept], initial=base)
         chunk.ends.extend(itertools.islice(ends, 1, None))
+        return closed
+
+    def _to_packer(self, chunk: _Chunk | None, reader_behind: bool) -> None:
+        with self._packing:
+            caught_up = self._reader_behind and not reader_behind
+            self._reader_behind = reader_behind
+            if chunk is not None:
+                self._to_pack.append(chunk)
+            if caught_up:
+                self._packing.notify_all()
+            if self._packer_running or not self._to_pack:
+                return
+            self._packer_running = True
+        try:
+            threading.Thread(target=self._pack_queued, name="buffer-packer", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had (a low RLIMIT_NPROC): stays unpacked
+            log.warning("backlog not packed: cannot start a thread (%s)", exc)
+            with self._packing:
+                self._to_pack.clear()
+                self._packer_running = False
+                self._packing.notify_all()
+
+    def _pack_queued(self) -> None:
+        while True:
+            with self._packing:
+                self._packing.wait_for(lambda: not self._reader_behind)
+                if not self._to_pack:
+                    self._packer_running = False
+                    self._packing.notify_all()
+                    return
+                chunk = self._to_pack.popleft()
+            self._pack(chunk)
+
+    def _pack(self, chunk: _Chunk) -> None:
+        """Compresses a closed chunk outside the lock (zlib lets go of the GIL, and nothing
+        writes a closed chunk), and keeps the result unless events were taken from it
+        meanwhile (then the publisher is there, and it stays as it is)."""
+        if chunk.first:
+            return
+        packed = zlib.compress(chunk.data, PACK_LEVEL)
+        with self._lock:
+            if chunk.first == 0 and chunk.packed is None:
+                chunk.packed, chunk.data = packed, b""
+
+    def wait_packed(self, timeout: float | None = None) -> bool:
+        """Waits until every closed chunk handed to the packer is packed (or skipped); False
+        if the timeout came first."""
+        with self._packing:
+            return self._packing.wait_for(lambda: not self._packer_running, timeout)
 
     def take(self, max_events: int, *, max_bytes: int | None = None,
              waker: Callable[[], None] | None = None) -> list[bytes]:
@@ -206,6 +308,8 @@ class EventBuffer:
                         self._publish_counts()
                         return [chunk]
                     break
+                if chunk.packed is not None:
+                    chunk.data, chunk.packed = zlib.decompress(chunk.packed), None
                 first, ends = chunk.first, chunk.ends
                 last = min(len(ends), first + max_events - len(taken))  # exclusive
                 if max_bytes is not None:
@@ -247,6 +351,7 @@ class EventBuffer:
         with self._lock:
             n = self._events
             self._chunks.clear()
+            self._filling = None
             self._events = 0
             self._gap_items = 0
             self._bytes = 0

@@ -190,6 +190,7 @@ def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
             stop.event.set()
             break
         if not events:
+            put_many(events)  # the reader caught up: packing may go on
             _note_kernel_loss(kernel, buffer, stats)
             if publisher.fatal_error or not publisher.alive():
                 return ExitCode.ERROR
@@ -198,7 +199,7 @@ def _read_into_buffer(stream: Stream, buffer: EventBuffer, publisher: Publisher,
         if until_check <= 0:
             until_check = KERNEL_CHECK_EVENTS
             _note_kernel_loss(kernel, buffer, stats)
-        put_many(events)
+        put_many(events, reader_behind=len(events) == READ_BATCH_EVENTS)
         if publisher.fatal_error:
             return ExitCode.ERROR
     return ExitCode.OK
