@@ -86,6 +86,8 @@ def _resolvable(host: str, bracketed: bool) -> bool:
             return False
     if not host or not all(char.isprintable() and not char.isspace() for char in host):
         return False
+    if host.isascii():  # the codec's rule for ASCII, without the unicodedata it imports
+        return all(0 < len(label) < 64 for label in host.removesuffix(".").split("."))
     try:
         host.encode("idna")
     except UnicodeError:
