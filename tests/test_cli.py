@@ -9,8 +9,11 @@ from pathlib import Path
 import conntrack_collector
 import pytest
 import yaml
+from conntrack_collector import cli
 from conntrack_collector.cli import main
+from conntrack_collector.collector import RunSettings
 from conntrack_collector.errors import ExitCode
+from conntrack_collector.router_id import default_router_id
 
 REFERENCE_FLAGS = {  # flag -> the default its help shows (None: no default)
     "--amqp-ca": None,
@@ -122,6 +125,23 @@ def test_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert settings["output"] == "amqp"
     assert settings["verbose"] is False and settings["nat_only"] is False
     assert isinstance(settings["router_id"], str)
+
+
+def test_the_computed_router_id_is_shown_and_sent(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """It is made only where it is used (hashlib loads OpenSSL): shown with --output stdout
+    too, and in the broker settings of a publishing run."""
+    assert print_config(capsys, "--output", "stdout")["router_id"] == default_router_id()
+    runs: list[RunSettings] = []
+
+    def fake_run(settings: RunSettings, *_args: object, **_kwargs: object) -> ExitCode:
+        runs.append(settings)
+        return ExitCode.OK
+
+    monkeypatch.setattr(cli, "run", fake_run)
+    code, _, err = run(capsys)
+    assert code == 0, err
+    assert runs[0].output == "amqp" and runs[0].broker.router_id == default_router_id()
 
 
 def test_precedence_flag_over_env_over_file_over_default(

@@ -1,7 +1,10 @@
 """Start-up imports only what the run needs (it took 0.5 s and 35 MiB before anything
 happened, 22-31 s in a mipsel guest): `version` and `--output stdout` import none of rich
 (help and the live display only), prometheus_client (--metrics-addr), yaml (a config file, or
---print-config), pika (publishing) and hvac (Vault)."""
+--print-config), pika (publishing) and hvac (Vault); nor, for memory (bench/bench_idle.py),
+ssl and hashlib (OpenSSL, 3.5 MiB resident: TLS, and a computed router id, which only
+publishing, --print-config and -v use), socket (publishing, systemd's notify socket) and
+unicodedata (the IDNA codec: a non-ASCII broker host name)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import time
 
 import pytest
 
-HEAVY = ("rich", "prometheus_client", "yaml", "pika", "hvac")
+HEAVY = ("rich", "prometheus_client", "yaml", "pika", "hvac", "ssl", "hashlib", "socket",
+         "unicodedata")
 # Runs the command as the console script does, and says at exit which heavy modules it had.
 RUN = f"""
 import atexit, sys

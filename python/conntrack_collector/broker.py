@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pika is imported when publishing: it costs start-up time
+    import ssl  # likewise (with OpenSSL, about 5 MiB of resident memory)
+
     import pika  # type: ignore[import-untyped]
 
 
@@ -85,6 +86,8 @@ def _resolvable(host: str, bracketed: bool) -> bool:
             return False
     if not host or not all(char.isprintable() and not char.isspace() for char in host):
         return False
+    if host.isascii():  # the codec's rule for ASCII, without the unicodedata it imports
+        return all(0 < len(label) < 64 for label in host.removesuffix(".").split("."))
     try:
         host.encode("idna")
     except UnicodeError:
@@ -117,6 +120,8 @@ def tls_context(settings: BrokerSettings) -> ssl.SSLContext | None:
     _check_readable(settings.ca, "CA certificate")
     _check_readable(settings.crt, "client certificate")
     _check_readable(settings.key, "client key")
+    import ssl
+
     try:
         # No CA given (only a client certificate): the system's trust store verifies the broker.
         context = ssl.create_default_context(cafile=settings.ca)
@@ -200,6 +205,8 @@ def connect_refusal(exc: BaseException, host: str, port: int, settings: BrokerSe
     failed verification. None for everything else, transient: pika raises its
     Probable{Authentication,AccessDenied}Error for ANY connection lost during the handshake
     (a node restarting, a load balancer with no backend), and a TLS EOF or reset is the same."""
+    import ssl
+
     import pika.exceptions  # type: ignore[import-untyped]
 
     where = f"RabbitMQ at {host}:{port}"

@@ -376,7 +376,10 @@ def cli(ctx: click.RichContext, /, **options: Any) -> int:
     # In the order of the help, not the order click happened to process them.
     effective = {p.name: options[p.name] for p in ctx.command.params
                  if p.name in options and p.name not in NOT_SETTINGS}
-    if not effective["router_id"]:
+    # The computed id is a SHA-256, and hashlib loads OpenSSL (3.5 MiB resident): made only
+    # where it is sent (publishing) or shown (--print-config, -v).
+    if not effective["router_id"] and (effective["output"].lower() == "amqp"
+                                       or options["print_config"] or effective["verbose"]):
         effective["router_id"] = default_router_id()
     warnings = [*ctx.meta.get("warnings", ()), *_secrets_warnings(ctx)]
     if options["print_config"]:

@@ -12,7 +12,7 @@ The counts live here, in `counts`; the stats and the metrics only read them.
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -68,7 +68,8 @@ class Ledger:
     def __init__(self, id_prefix: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         # A per-process random prefix makes `prefix-seq` unique across restarts and routers.
-        self.id_prefix = id_prefix or secrets.token_hex(8)
+        # os.urandom is what secrets.token_hex reads, without the hashlib (OpenSSL) it imports.
+        self.id_prefix = id_prefix or os.urandom(8).hex()
         self.counts = DeliveryCounts()
         self._clock = clock
         self._seq = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 SYS_CLASS_NET = Path("/sys/class/net")
@@ -12,6 +11,8 @@ IFF_LOOPBACK = 0x8
 
 def router_id_from_mac(mac: str) -> str:
     """The first 12 hex digits of SHA-256 over the MAC's text form `aa:bb:cc:dd:ee:ff`."""
+    import hashlib  # only now: it loads OpenSSL (3.5 MiB resident), which stdout needs not
+
     return hashlib.sha256(mac.lower().encode("ascii")).hexdigest()[:12]
 
 

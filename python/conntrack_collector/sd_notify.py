@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections.abc import Mapping
 from typing import Callable
@@ -27,6 +26,8 @@ def notify(message: str) -> bool:
         return False
     if address.startswith("@"):  # an abstract socket: a leading NUL byte instead of "@"
         address = "\0" + address[1:]
+    import socket  # only under systemd: about 1 MiB that --output stdout needs not otherwise
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
