@@ -43,11 +43,13 @@ lint:
 bench: setup install
 	$(PYTHON) bench/bench.py
 
-# The older, narrower benchmarks: beside `conntrack -E`, rate phases into RabbitMQ, the filter.
+# The older, narrower benchmarks: beside `conntrack -E`, rate phases into RabbitMQ, the filter;
+# and start-up and idle memory.
 bench-details: setup install
 	$(PYTHON) bench/bench_iterator.py
 	$(PYTHON) bench/bench_publish.py
 	$(PYTHON) bench/bench_filter.py
+	$(PYTHON) bench/bench_idle.py
 
 wheels:
 	bash cross/build-wheels.sh
